@@ -7,12 +7,13 @@ document the accepted forms.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fasttricks import _validate
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class EncodedLabels:
 
 def closest(value: Any, options: Sequence) -> str:
     """A ' (did you mean ...?)' hint naming the option closest to `value`, or ''."""
-    match = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    match = _validate.closest(value, options)
+    return f" (did you mean {match!r}?)" if match is not None else ""
 
 
 def _is_int_like(values: np.ndarray) -> bool:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fasttricks._labels import EncodedLabels, as_array, closest, encode_labels
+from fasttricks._validate import check_choice
 from fasttricks.losses import CLASS_WEIGHT_METHODS, class_weights
 
 __all__ = [
@@ -354,11 +355,7 @@ def weighted_dataloaders(
             f"dls must be a fastai DataLoaders with at least a training loader, got "
             f"{type(dls).__name__}"
         )
-    if method not in CLASS_WEIGHT_METHODS:
-        raise ValueError(
-            f"method must be one of {list(CLASS_WEIGHT_METHODS)}, got {method!r}"
-            f"{closest(method, CLASS_WEIGHT_METHODS)}"
-        )
+    check_choice("class weight method", method, CLASS_WEIGHT_METHODS)
     train = loaders[0]
     n = train.n if getattr(train, "n", None) is not None else len(train.dataset)
     if n == 0:
