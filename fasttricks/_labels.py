@@ -152,7 +152,9 @@ def _encode_names(values: np.ndarray, vocab: list | None, n_classes: int | None)
     return EncodedLabels(codes, list(classes), multilabel=False)
 
 
-def _encode_multi_hot(values: np.ndarray, vocab: list | None, n_classes: int | None) -> EncodedLabels:
+def _encode_multi_hot(
+    values: np.ndarray, vocab: list | None, n_classes: int | None
+) -> EncodedLabels:
     if values.shape[0] == 0 or values.shape[1] == 0:
         raise ValueError(f"multi-hot labels must be non-empty, got shape {values.shape}")
     if values.dtype.kind not in "iubf" or not np.isin(values, (0, 1)).all():

@@ -73,7 +73,9 @@ def _target_counts(encoded: EncodedLabels, strategy: Strategy) -> np.ndarray:
                     f"{encoded.classes[:20]}{closest(cls, encoded.classes)}"
                 )
             if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
-                raise ValueError(f"strategy count for class {cls!r} must be an int >= 0, got {count!r}")
+                raise ValueError(
+                    f"strategy count for class {cls!r} must be an int >= 0, got {count!r}"
+                )
             if counts[index[cls]] == 0 and count > 0:
                 raise ValueError(f"class {cls!r} has no items to duplicate")
             targets[index[cls]] = max(int(count), counts[index[cls]])
@@ -296,7 +298,7 @@ def _infer_labels(dl: Any) -> Any:
     if tensors is not None:  # torch TensorDataset
         return tensors[-1]
     if hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
-        logger.info("reading labels item by item from the training dataset (%d items)", len(dataset))
+        logger.info("reading labels item by item from the training set (%d items)", len(dataset))
         return _stack_targets([dataset[i][-1] for i in range(len(dataset))])
     raise ValueError(
         "could not find the training labels of this DataLoader; pass labels=... or weights=..."
