@@ -462,8 +462,10 @@ def test_single_label_loss_works_as_fastai_loss_func(loss_func):
     assert int(idx) == int(row_probs.argmax())
 
 
-@pytest.mark.parametrize("loss_func", [AsymmetricLoss(), MultiLabelFocalLoss(), BCEWithLogitsLoss()],
-                         ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize(
+    "loss_func", [AsymmetricLoss(), MultiLabelFocalLoss(), BCEWithLogitsLoss()],
+    ids=lambda l: type(l).__name__,
+)
 def test_multilabel_loss_works_as_fastai_loss_func(loss_func):
     learn, df = _tabular_learner(loss_func, multilabel=True)
     with learn.no_bar(), learn.no_logging():
