@@ -77,7 +77,7 @@ def _machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "note": "CPU shared with other jobs while running; timings are indicative only",
+        "note": "CPU shared with other jobs while running; seconds are indicative only",
     }
 
 
@@ -137,7 +137,7 @@ def _multilabel_scores(probs: np.ndarray, targets: np.ndarray) -> dict[str, floa
 
 def _summary(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
-    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else float("nan")
+    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else 0.0
     return {"mean": float(arr.mean()), "se": se, "values": [float(v) for v in arr]}
 
 
@@ -165,7 +165,7 @@ def run_task(
     for name in results:
         for metric, stats in results[name].items():
             base = results[baseline][metric]["mean"]
-            stats["ratio_to_baseline"] = stats["mean"] / base if base else float("nan")
+            stats["ratio_to_baseline"] = stats["mean"] / base if base else None
     return {"recipe": recipe_name, "baseline": baseline, "epochs": epochs, "seeds": seeds,
             "configs": {k: dict(v) for k, v in configs.items()}, "results": results}
 
@@ -175,10 +175,15 @@ def markdown_table(task: dict[str, Any], metrics: list[str]) -> str:
     head = "| " + task["recipe"] + " | " + " | ".join(metrics) + " |"
     lines = [head, "|" + "---|" * (len(metrics) + 1)]
     for name, stats in task["results"].items():
-        cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['se']:.3f} "
-                 f"({stats[m]['ratio_to_baseline']:.2f}x)" for m in metrics]
+        cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['se']:.3f} ({_ratio(stats[m])})"
+                 for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _ratio(stats: Mapping[str, float]) -> str:
+    ratio = stats["ratio_to_baseline"]
+    return f"{ratio:.2f}x" if ratio is not None else "baseline 0"
 
 
 def plot(tasks: list[tuple[dict[str, Any], str]], path: Path) -> None:
@@ -214,10 +219,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ml-epochs", type=int, default=10,
                         help="epochs per multi-label run (default 10)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--only", choices=["longtail", "multilabel"], default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # one intra-op thread: on a shared 2-core machine, two OpenMP threads made these small
+    # models about 10x slower (spin-waiting on a busy core)
+    torch.set_num_threads(args.threads)
     seeds = list(range(args.seeds))
     start = time.perf_counter()
     out: dict[str, Any] = {"benchmark": "imbalance", "machine": _machine()}
