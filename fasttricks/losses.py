@@ -153,6 +153,12 @@ def _as_weight_tensor(name: str, value: WeightLike | None) -> Tensor | None:
     """Validate a per-class weight vector: 1-D, finite, >= 0, not all zero."""
     if value is None:
         return None
+    if isinstance(value, str):
+        raise TypeError(
+            f"{name}={value!r} names a class-weight method, which needs the training labels: "
+            f"use get_loss(..., labels=train_labels, {name}={value!r}) or pass "
+            f"class_weights(train_labels, {value!r})"
+        )
     if isinstance(value, Tensor):
         tensor = value.detach().to(torch.float32).clone()
     else:

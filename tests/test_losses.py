@@ -583,3 +583,5 @@ def test_get_loss_errors_are_helpful():
         get_loss("weighted_cross_entropy")
     with pytest.raises(ValueError, match="pass labels"):
         get_loss("focal", alpha="sqrt_inv")
+    with pytest.raises(TypeError, match="needs the training labels"):
+        FocalLoss(alpha="sqrt_inv")
