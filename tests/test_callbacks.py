@@ -233,12 +233,12 @@ def test_save_best_reloads_the_weights_of_the_peak_epoch(tmp_path):
     _fit(learn, len(scores), 0.2)
     assert best.best_epoch == 2
     assert best.best_value == pytest.approx(0.9)
-    assert best.reloaded and best.path == tmp_path / "models" / "best.pth"
+    assert best.reloaded and best.ckpt_path == tmp_path / "models" / "best.pth"
     state = learn.model.state_dict()
     for k, v in log.epochs[2].items():
         assert torch.equal(state[k], v)
     assert not torch.equal(log.epochs[2]["0.weight"], log.epochs[4]["0.weight"])
-    saved = torch.load(best.path, weights_only=True)
+    saved = torch.load(best.ckpt_path, weights_only=True)
     assert torch.equal(saved["0.weight"], log.epochs[2]["0.weight"])
 
 

@@ -101,8 +101,10 @@ def test_one_sam_step_equals_two_pass_update_by_hand(adaptive):
     for p, w in zip(learn.model.parameters(), expected):
         torch.testing.assert_close(p.detach(), w, rtol=1e-5, atol=1e-6)
     # and it is not the plain SGD step
-    plain = [w.detach() - lr * g for w, g in zip(model.parameters(), _grads(copy.deepcopy(model), x, y))]
-    assert max(float((p - q).abs().max()) for p, q in zip(learn.model.parameters(), plain)) > 1e-4
+    g_plain = _grads(copy.deepcopy(model), x, y)
+    plain = [w.detach() - lr * g for w, g in zip(model.parameters(), g_plain)]
+    moved = [float((p.detach() - q).abs().max()) for p, q in zip(learn.model.parameters(), plain)]
+    assert max(moved) > 1e-4
 
 
 def test_sam_perturbation_matches_formula():
@@ -285,7 +287,7 @@ def test_overflow_makes_the_scaler_back_off():
     assert inject.scales_seen == [2.0**10, 2.0**9]
 
 
-# --- CUDA: the real learn.to_fp16() ----------------------------------------------------------------
+# --- CUDA: the real learn.to_fp16() -------------------------------------------------------------
 @pytest.mark.cuda
 def test_cuda_fp16_sam_matches_fp32_within_tolerance():
     x, y = _data(64)

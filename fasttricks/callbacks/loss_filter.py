@@ -31,7 +31,9 @@ def loss_filter_mask(losses: torch.Tensor, loss_perc: float) -> torch.Tensor:
         loss_perc: share of the batch's total loss to keep, in (0, 1].
     """
     if losses.ndim != 1:
-        raise ValueError(f"losses must be 1-D (one value per sample), got shape {tuple(losses.shape)}")
+        raise ValueError(
+            f"losses must be 1-D (one value per sample), got shape {tuple(losses.shape)}"
+        )
     values = losses.detach().float()
     sorted_losses, order = torch.sort(values, descending=True)
     before = torch.cumsum(sorted_losses, 0) - sorted_losses  # sum of the losses ranked above
