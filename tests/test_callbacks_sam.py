@@ -312,3 +312,37 @@ def test_cuda_fp16_injected_inf_gradient_leaves_weights_unchanged(which):
     _fit(learn, 1, 0.5)
     for p, w in zip(learn.model.parameters(), w0):
         assert torch.equal(p.detach(), w)
+
+
+_LR = {"sgd": 0.2, "sgd_momentum": 0.05, "sgd_nesterov": 0.05, "rmsprop": 3e-3, "adamw": 1e-2}
+# the ranger family (RAdam warm-up + lookahead) needs a larger lr to move in 32 steps
+
+
+def _every_optimizer() -> list[tuple[str, bool]]:
+    from fasttricks.optim import list_optimizers
+
+    cases = [pytest.param(name, False, id=f"sam-{name}") for name in list_optimizers()]
+    return cases + [pytest.param(n, True, id=f"asam-{n}") for n in ("adamw", "sgd_momentum")]
+
+
+@pytest.mark.parametrize(("name", "adaptive"), _every_optimizer())
+def test_sam_with_every_optimizer_lowers_the_loss(name, adaptive):
+    from fasttricks.optim import get_optimizer
+
+    x, y = _data(256, seed=4)
+    vx, vy = _data(64, seed=5)
+    learn = Learner(
+        DataLoaders(
+            DataLoader(list(zip(x, y)), bs=16, shuffle=False),
+            DataLoader(list(zip(vx, vy)), bs=64, shuffle=False),
+        ),
+        _model(seed=4),
+        loss_func=nn.CrossEntropyLoss(),
+        opt_func=get_optimizer(name),
+        cbs=[SAMCallback(rho=0.5 if adaptive else 0.05, adaptive=adaptive)],
+    )
+    with learn.no_bar(), learn.no_logging():
+        before = learn.validate()[0]
+        learn.fit(2, _LR.get(name, 0.1))
+        after = learn.validate()[0]
+    assert after < 0.8 * before, (name, before, after)
