@@ -49,6 +49,8 @@ def _per_sample(losses: torch.Tensor, bs: int) -> torch.Tensor:
             "the loss function returned a scalar with reduction='none'; BatchLossFilterCallback "
             "needs one loss per sample"
         )
+    if losses.ndim == 1 and losses.shape[0] == bs:  # the common case: already per sample
+        return losses if losses.dtype == torch.float32 else losses.float()
     if losses.shape[0] == bs:
         return losses.reshape(bs, -1).float().mean(1)
     if losses.numel() % bs == 0:  # flattened (bs * n) losses, e.g. fastai's flattened losses
