@@ -423,6 +423,8 @@ def test_ema_with_save_best_keeps_the_best_ema_weights(tmp_path):
                      path=tmp_path)
     _fit(learn, 3, 0.3)
     assert best.best_epoch == 1
+    state = torch.load(tmp_path / "models" / "best_ema.pth", weights_only=True)
+    assert state["num_updates"] == 8  # saved with the epoch-1 checkpoint (2 epochs x 4 steps)
     for k, v in learn.model.state_dict().items():
         assert torch.equal(v, snaps[1][k])
     assert not torch.equal(snaps[1]["0.weight"], snaps[2]["0.weight"])
