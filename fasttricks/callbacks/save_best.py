@@ -32,10 +32,11 @@ class SaveBestCallback(Callback):
     or ``error`` is better when lower, anything else when higher. An epoch counts as better when
     it beats the best so far by more than ``min_delta``. The checkpoint goes to
     ``learn.path/learn.model_dir/{fname}.pth`` in fastai's ``learn.save`` format (so
-    ``learn.load(fname)`` reads it), written atomically.
+    ``learn.load(fname)`` reads it), written atomically. With an :class:`EMACallback` on the
+    learner, its state is saved beside it as ``{fname}_ema.pth`` (``EMACallback.load(fname)``).
 
     After fit, ``best_epoch`` (0-based epoch index, None if no epoch completed) and ``best_value``
-    hold the best epoch and its value; ``path`` the checkpoint file.
+    hold the best epoch and its value; ``ckpt_path`` the checkpoint file.
 
     Args:
         monitor: a name the recorder logs (default ``"valid_loss"``; e.g. ``"accuracy"``).
@@ -77,7 +78,7 @@ class SaveBestCallback(Callback):
         self.with_opt = bool(with_opt)
         self.best_epoch: int | None = None
         self.best_value: float | None = None
-        self.path: Path | None = None
+        self.ckpt_path: Path | None = None
         self.reloaded = False
 
     @property
@@ -109,7 +110,7 @@ class SaveBestCallback(Callback):
                 msg += f". Did you mean {match!r}?"
             raise ChoiceError(msg)
         self._idx = list(recorder.metric_names[1:]).index(self.monitor)
-        self.path = Path(self.learn.path) / self.learn.model_dir / f"{self.fname}.pth"
+        self.ckpt_path = Path(self.learn.path) / self.learn.model_dir / f"{self.fname}.pth"
 
     def after_epoch(self) -> None:
         value = self.learn.recorder.values[-1][self._idx]
@@ -127,12 +128,17 @@ class SaveBestCallback(Callback):
         opt = getattr(self.learn, "opt", None)
         if self.with_opt and opt is not None:
             state = {"model": state, "opt": opt.state_dict()}
-        atomic_torch_save(state, self.path)
+        atomic_torch_save(state, self.ckpt_path)
+        from fasttricks.callbacks.ema import EMACallback
+
+        for cb in self.learn.cbs:  # keep the EMA state with the checkpoint it belongs to
+            if isinstance(cb, EMACallback) and cb.ema_params is not None:
+                cb.save(self.fname)
 
     def after_fit(self) -> None:
-        if not self.reload or self.best_epoch is None or self.path is None:
+        if not self.reload or self.best_epoch is None or self.ckpt_path is None:
             return
-        if not self.path.exists():
+        if not self.ckpt_path.exists():
             return
         self.learn.load(self.fname, with_opt=self.with_opt, weights_only=False)
         self.reloaded = True
