@@ -290,31 +290,27 @@ def _validate_loss(raw: Mapping[str, Any], data: Mapping[str, Any]) -> dict:
     return out
 
 
-def _optimizer_keys(name: str) -> list[str] | None:
-    """The override names ``get_optimizer(name, ...)`` takes, or None when unknown."""
-    try:
-        from fasttricks.optim import optimizer_config_mapping
-    except ImportError:
-        return None
-    config = optimizer_config_mapping.get(name)
-    if config is None:
-        return None
-    return list(getattr(config, "hyperparameters", {}) or {})
+def _optimizer_keys(name: str) -> list[str]:
+    """The override names ``get_optimizer(name, ...)`` takes (fastai's short names)."""
+    from fasttricks.optim import optimizer_config_mapping
+
+    return list(optimizer_config_mapping[name].allowed_overrides)
 
 
 def _validate_optimizer(raw: Mapping[str, Any]) -> dict:
     opt = _section(raw, "optimizer")
     name = _as_str("optimizer.name", opt.get("name", "adamw")).lower()
-    known = _known_optimizers()
-    if known is not None and name not in known:
-        raise _unknown_name("optimizer.name", name, known)
+    from fasttricks.optim import list_optimizers
+
+    if name not in list_optimizers():
+        raise _unknown_name("optimizer.name", name, list_optimizers())
     out: dict[str, Any] = {"name": name, "lr": _as_float("optimizer.lr", opt.get("lr", 1e-3))}
     _check_positive("optimizer.lr", out["lr"])
     allowed = _optimizer_keys(name)
     for key, value in opt.items():
         if key in ("name", "lr"):
             continue
-        if allowed is not None and key not in allowed:
+        if key not in allowed:
             raise _unknown_key("optimizer", key, ["name", "lr", *allowed])
         out[key] = _loose(f"optimizer.{key}", value)
     _opt_func(out)  # the optimizer's own checks (bad values) before any training starts
@@ -543,24 +539,10 @@ def _resolved(recipe: str | Path | Mapping[str, Any]) -> dict:
 # building blocks: optimizer, loss, metrics, callbacks
 
 
-def _known_optimizers() -> list[str] | None:
-    try:
-        from fasttricks.optim import list_optimizers
-    except ImportError:
-        return None  # TEMPORARY (until the optim branch is merged): see _opt_func
-    return list_optimizers()
-
-
 def _opt_func(section: Mapping[str, Any]) -> Callable:
-    overrides = {k: v for k, v in section.items() if k not in ("name", "lr")}
-    try:
-        from fasttricks.optim import get_optimizer
-    except ImportError:
-        # TEMPORARY fallback until fasttricks.optim is merged: fastai's Adam. Remove on merge.
-        from fastai.optimizer import Adam
-        from functools import partial
+    from fasttricks.optim import get_optimizer
 
-        return partial(Adam, **overrides)
+    overrides = {k: v for k, v in section.items() if k not in ("name", "lr")}
     return get_optimizer(section["name"], **overrides)
 
 
