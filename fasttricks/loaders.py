@@ -167,7 +167,8 @@ def _image_dataloaders(
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(splits.vocab))),
         get_x=ColReader("path"), get_y=ColReader("label"), splitter=ColSplitter("is_valid"),
-        item_tfms=Resize(size), batch_tfms=[IntToFloatTensor(), Normalize.from_stats(*imagenet_stats)],
+        item_tfms=Resize(size),
+        batch_tfms=[IntToFloatTensor(), Normalize.from_stats(*imagenet_stats)],
     )
     dls = block.dataloaders(df, bs=bs, val_bs=valid_bs or 2 * bs, device=device, num_workers=0)
     test_df = pd.DataFrame({"path": [str(p) for p in splits.test.x],

@@ -27,8 +27,8 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import math
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
@@ -634,6 +634,13 @@ class _ChannelsLastInput(Callback):
         self.learn.xb = xb
 
 
+def _timm_splitter(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
+    """Two parameter groups for a timm model: the body, then the classifier head."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    body = [p for p in model.parameters() if id(p) not in head]
+    return [body, list(model.get_classifier().parameters())]
+
+
 def _seed_everything(seed: int) -> None:
     from fastai.torch_core import set_seed
 
@@ -765,8 +772,12 @@ def build_learner(
     loss = _build_loss(recipe["loss"], splits)
     metrics = [_METRICS[m]() for m in recipe["metrics"]]
     callbacks = [_build_callback(c) for c in recipe["callbacks"]] + list(cbs)
+    extra_kwargs = {}
+    if name.startswith("timm:"):
+        extra_kwargs["splitter"] = _timm_splitter
     learn = Learner(dls, model, loss_func=loss, opt_func=_opt_func(recipe["optimizer"]),
-                    lr=recipe["optimizer"]["lr"], metrics=metrics, cbs=callbacks)
+                    lr=recipe["optimizer"]["lr"], metrics=metrics, cbs=callbacks,
+                    **extra_kwargs)
     if _use_channels_last(recipe, model):
         learn.model = learn.model.to(memory_format=torch.channels_last)
         learn.add_cb(_ChannelsLastInput())
@@ -921,14 +932,19 @@ def run_recipe(
         from fasttricks.callbacks import SaveBestCallback
 
         metric, _ = primary_metric(recipe)
-        saver = SaveBestCallback(monitor=metric, fname=f"{recipe['name']}_best")
+        saver = SaveBestCallback(monitor=metric, fname="best")
         learn = build_learner(recipe)
-        valid, test, history = _fit_and_score(learn, recipe, [saver, *cbs], progress)
+        with tempfile.TemporaryDirectory(prefix="fasttricks-best-") as tmp:
+            path, model_dir = learn.path, learn.model_dir
+            learn.path, learn.model_dir = Path(tmp), "."
+            try:
+                valid, test, history = _fit_and_score(learn, recipe, [saver, *cbs], progress)
+            finally:
+                learn.path, learn.model_dir = path, model_dir
         best_epoch = saver.best_epoch if saver.best_epoch is not None else len(history) - 1
         extra["save_best"] = {"best_epoch": int(best_epoch), "best_value": saver.best_value,
-                              "valid": valid, "test": test}
-        if saver.path is not None and saver.path.exists():
-            saver.path.unlink()
+                              "monitor": metric, "valid": valid, "test": test,
+                              "history": history.to_dict(orient="records")}
         learn = build_learner(recipe)
         valid, test, history = _fit_and_score(learn, recipe, cbs, progress, epochs=best_epoch + 1)
         extra["retrain"] = {"epochs": int(best_epoch + 1), "valid": valid, "test": test}

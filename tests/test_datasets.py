@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fasttricks import datasets
-from fasttricks.datasets import DataSplits, Split, load_dataset
+from fasttricks.datasets import Split, load_dataset
 from fasttricks.loaders import TensorDataLoader, splits_dataloaders
 from fasttricks.models import create_model
 from fasttricks.recipes import build_learner, evaluate, fit_learner, load_recipe

@@ -329,6 +329,38 @@ def test_same_seed_gives_the_same_metric_and_another_seed_does_not():
     assert a.history["train_loss"].tolist() != c.history["train_loss"].tolist()
 
 
+def test_build_dataloaders_uses_the_given_splits_and_keeps_test_unshuffled():
+    from fasttricks.datasets import load_dataset
+
+    recipe = tiny()
+    splits = load_dataset("synthetic", n_samples=300)
+    folds = splits.resplit(np.arange(0, 150), np.arange(150, len(splits.pool())))
+    dls = build_dataloaders(recipe, splits=folds)
+    assert dls.splits is folds
+    assert len(dls.train.dataset) == 150 and len(dls.valid.dataset) == len(folds.valid)
+    ys = torch.cat([b[1] for b in dls[2]]).numpy()
+    np.testing.assert_array_equal(ys, folds.test.y)
+    ys_again = torch.cat([b[1] for b in dls[2]]).numpy()
+    np.testing.assert_array_equal(ys_again, ys)
+
+
+def test_retrain_at_best_retrains_from_scratch_for_best_epoch_plus_one(tmp_cwd):
+    recipe = tiny(**{"retrain_at_best": True, "schedule.epochs": 5, "optimizer.lr": 3e-2})
+    result = run_recipe(recipe, out_dir="runs", progress=False)
+    best = result.extra["save_best"]
+    first = pd.DataFrame(best["history"])
+    assert len(first) == 5
+    # best_epoch is the 0-based index of the best valid accuracy (first one on ties)
+    assert best["best_epoch"] == int(first["accuracy"].to_numpy().argmax())
+    assert best["best_value"] == pytest.approx(first["accuracy"].max())
+    assert result.extra["retrain"]["epochs"] == best["best_epoch"] + 1
+    assert len(result.history) == best["best_epoch"] + 1
+    summary = json.loads((tmp_cwd / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["save_best"]["best_epoch"] == best["best_epoch"]
+    assert summary["retrain"]["test"] == pytest.approx(result.test)
+    assert not (tmp_cwd / "models").exists()  # the save-best checkpoint went to a temp folder
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU behaviour")
 def test_fp16_auto_is_off_without_cuda():
     from fastai.callback.fp16 import MixedPrecision
