@@ -223,7 +223,11 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
     if sampler not in _SAMPLERS:
         raise _unknown_name("data.sampler", sampler, _SAMPLERS)
     out["sampler"] = sampler
+    from fasttricks.losses import CLASS_WEIGHT_METHODS
+
     out["weights"] = _as_str("data.weights", data.get("weights", "sqrt_inv"))
+    if out["weights"] not in CLASS_WEIGHT_METHODS:
+        raise _unknown_name("data.weights", out["weights"], CLASS_WEIGHT_METHODS)
     over = data.get("oversample", False)
     if over is None or isinstance(over, bool) or over == "max":
         out["oversample"] = bool(over) if over != "max" else "max"
@@ -232,7 +236,9 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
             over) else None
         if ratio is None:
             raise _type_error("data.oversample", over, "true, false, 'max' or a ratio")
-        _check_positive("data.oversample", ratio)
+        if not 0.0 < ratio <= 1.0:
+            raise RecipeError("recipe key 'data.oversample' must be true, 'max' or a ratio in "
+                              f"(0, 1] (rare classes grow to ratio * largest), got {over!r}")
         out["oversample"] = ratio
     for key, value in data.items():
         if key in _DATA_KEYS:
@@ -706,11 +712,8 @@ def build_dataloaders(
     if data["sampler"] == "weighted":
         from fasttricks.data import weighted_dataloaders
 
-        weighted = weighted_dataloaders(dls, labels=splits.train.y, method=data["weights"],
-                                        seed=recipe["seed"])
-        if len(weighted.loaders) < 3:
-            weighted.loaders.append(dls[2])
-        dls = weighted
+        dls = weighted_dataloaders(dls, labels=splits.train.y, method=data["weights"],
+                                   seed=recipe["seed"])
     dls.splits = splits
     return dls
 

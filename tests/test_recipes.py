@@ -344,6 +344,43 @@ def test_build_dataloaders_uses_the_given_splits_and_keeps_test_unshuffled():
     np.testing.assert_array_equal(ys_again, ys)
 
 
+def _longtail(*changes: str) -> dict:
+    return load_recipe({"name": "lt", "data": {"name": "longtail", "base": "digits",
+                                               "imbalance": 10, "bs": 32},
+                        "model": {"name": "mlp", "hidden": [16]},
+                        "schedule": {"epochs": 1}}, list(changes))
+
+
+def test_oversample_true_grows_every_training_class_to_the_largest():
+    plain = build_dataloaders(_longtail())
+    over = build_dataloaders(_longtail("data.oversample=true"))
+    counts = np.bincount(over.splits.train.y)
+    assert (counts == np.bincount(plain.splits.train.y).max()).all()
+    assert len(over.train.dataset) == counts.sum()
+    np.testing.assert_array_equal(over.splits.test.y, plain.splits.test.y)  # test untouched
+    half = build_dataloaders(_longtail("data.oversample=0.5"))
+    c = np.bincount(half.splits.train.y)
+    assert c.min() == math.ceil(0.5 * c.max())
+    with pytest.raises(ValueError, match="data.oversample"):
+        _longtail("data.oversample=3")
+
+
+def test_weighted_sampler_draws_classes_with_inverse_frequency():
+    dls = build_dataloaders(_longtail("data.sampler=weighted", "data.weights=inv"))
+    y = dls.splits.train.y
+    drawn = np.concatenate([torch.cat([b[1] for b in dls.train]).numpy() for _ in range(20)])
+    share = np.bincount(drawn, minlength=10) / len(drawn)
+    np.testing.assert_allclose(share, 0.1, atol=0.02)  # balanced, although y is 10:1
+    assert np.bincount(y)[0] >= 8 * np.bincount(y)[-1]
+    sqrt = build_dataloaders(_longtail("data.sampler=weighted"))
+    drawn = np.concatenate([torch.cat([b[1] for b in sqrt.train]).numpy() for _ in range(20)])
+    n = np.bincount(y).astype(float)
+    np.testing.assert_allclose(np.bincount(drawn, minlength=10) / len(drawn),
+                               np.sqrt(n) / np.sqrt(n).sum(), atol=0.02)
+    with pytest.raises(KeyError, match="Did you mean 'inv'"):
+        _longtail("data.sampler=weighted", "data.weights=invv")
+
+
 def test_retrain_at_best_retrains_from_scratch_for_best_epoch_plus_one(tmp_cwd):
     recipe = tiny(**{"retrain_at_best": True, "schedule.epochs": 5, "optimizer.lr": 3e-2})
     result = run_recipe(recipe, out_dir="runs", progress=False)
