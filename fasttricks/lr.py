@@ -123,7 +123,9 @@ class _StageRecorder(Callback):
         opt = self.learn.opt
         self.stages.append({
             "lrs": [h["lr"] for h in opt.hypers],
-            "trainable": [any(p.requires_grad for p in pg) for pg in opt.param_lists],
+            # weights (ndim > 1) only: fastai keeps norm layers trainable in frozen groups
+            "trainable": [any(p.requires_grad for p in pg if p.ndim > 1)
+                          for pg in opt.param_lists],
         })
 
 
@@ -155,7 +157,9 @@ def fine_tune_staged(
 
     Returns:
         One record per stage that ran: its name, epochs, the lr it was given and, read from
-        the optimizer at the stage's first batch, each group's lr and whether it trained.
+        the optimizer at the stage's first batch, each group's lr and whether its weights
+        (parameters with ndim > 1) trained; fastai's ``train_bn`` keeps norm layers of frozen
+        groups trainable.
     """
     check_range("lr", lr, low=0.0, low_inclusive=False)
     check_choice("fit", fit, ("flat_cos", "one_cycle"))

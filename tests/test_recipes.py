@@ -503,3 +503,20 @@ def test_cli_seeds_report_mean_std_and_standard_error(tmp_path):
     assert summary["test"]["std"] == pytest.approx(std)
     assert summary["test"]["stderr"] == pytest.approx(std / math.sqrt(2))
     assert "over 2 seeds: mean" in out.stdout.strip().splitlines()[-1]
+
+
+def test_timm_model_from_a_recipe_trains_with_body_and_head_groups():
+    from fasttricks.lr import fine_tune_staged
+
+    recipe = load_recipe(ROOT / "recipes" / "digits.yaml",
+                         {"model": {"name": "timm:test_resnet"}, "schedule.epochs": 1})
+    learn = build_learner(recipe)
+    learn.create_opt()
+    head = {id(p) for p in learn.model.get_classifier().parameters()}
+    groups = learn.opt.param_lists
+    assert len(groups) == 2
+    assert {id(p) for p in groups[1]} == head and not head & {id(p) for p in groups[0]}
+    stages = fine_tune_staged(learn, 1e-3, epochs=(1, 0, 1))
+    assert stages[0]["trainable"] == [False, True]
+    np.testing.assert_allclose(stages[1]["lrs"], [1e-5, 5e-4])
+    assert math.isfinite(evaluate(learn)["loss"])
