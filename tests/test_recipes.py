@@ -461,6 +461,25 @@ def test_run_folder_holds_config_metrics_model_and_curves(tmp_cwd):
     assert evaluate(fresh)["accuracy"] == pytest.approx(result.test["accuracy"])
 
 
+def test_an_interrupted_write_leaves_no_half_written_file(tmp_path, monkeypatch):
+    import fasttricks.train as train
+
+    result = run_recipe(tiny(), progress=False)
+    run = tmp_path / "run"
+
+    def broken_plot(history, metric, path):
+        with train.atomic_path(path) as tmp:
+            tmp.write_bytes(b"\x89PNG half")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "plot_history", broken_plot)
+    with pytest.raises(KeyboardInterrupt):
+        train.write_run(result, run)
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["metrics.csv", "model.pth", "recipe.yaml"]  # complete files only
+    assert torch.load(run / "model.pth").keys() == result.learn.model.state_dict().keys()
+
+
 def _cli(args, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
     return subprocess.run([sys.executable, "-m", "fasttricks.train", *args], cwd=cwd, env=env,
