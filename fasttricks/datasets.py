@@ -38,9 +38,15 @@ from fasttricks._validate import check_choice, check_range
 __all__ = [
     "DataSplits",
     "Split",
+    "dataset_parameters",
+    "digits",
     "image_folder",
     "list_datasets",
     "load_dataset",
+    "longtail",
+    "mnist1d",
+    "multilabel",
+    "synthetic",
     "tabular_csv",
 ]
 
@@ -80,7 +86,9 @@ class Split:
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
-            raise ValueError(f"x and y must have the same length, got {len(self.x)} and {len(self.y)}")
+            raise ValueError(
+                f"x and y must have the same length, got {len(self.x)} and {len(self.y)}"
+            )
 
     def __len__(self) -> int:
         return len(self.y)
@@ -119,7 +127,8 @@ class DataSplits:
 
     def pool(self) -> Split:
         """Train followed by valid: the pool that k-fold cross-validation splits."""
-        return Split(_concat(self.train.x, self.valid.x), np.concatenate([self.train.y, self.valid.y]))
+        y = np.concatenate([self.train.y, self.valid.y])
+        return Split(_concat(self.train.x, self.valid.x), y)
 
     def resplit(self, train_idx: Sequence[int], valid_idx: Sequence[int]) -> DataSplits:
         """A copy whose train / valid are drawn from :meth:`pool` by index; test is unchanged."""
