@@ -10,7 +10,6 @@ is trained exactly like ``python -m fasttricks.train`` would train the same reci
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 from collections.abc import Callable, Sequence
 from os import PathLike
@@ -19,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from fasttricks._validate import check_choice
 
 __all__ = [
     "AVERAGING_METHODS",
@@ -35,11 +36,8 @@ ArrayLike = Any  # torch.Tensor | np.ndarray | nested sequences of numbers
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    if isinstance(value, str) and value.lower() in allowed:
-        return value.lower()
-    near = difflib.get_close_matches(str(value).lower(), allowed, n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}{hint}")
+    """Lower-cased ``value`` if allowed, else :func:`check_choice`'s error with the closest name."""
+    return check_choice(name, value.lower() if isinstance(value, str) else value, allowed)
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:

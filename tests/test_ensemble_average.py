@@ -58,7 +58,7 @@ def test_rank_average_averages_scaled_ranks_per_column_with_ties_shared():
 
 def test_bad_inputs_raise_clear_errors():
     a = _probs(0)
-    with pytest.raises(ValueError, match="did you mean 'geometric'"):
+    with pytest.raises(ValueError, match="Did you mean 'geometric'"):
         average_predictions([a], method="geometic")
     with pytest.raises(ValueError, match="same shape"):
         average_predictions([a, a[:3]])
