@@ -123,3 +123,22 @@ def test_predict_ensemble_with_a_torch_loader_and_sigmoid(tmp_path):
     with torch.no_grad():
         want = torch.sqrt(torch.sigmoid(ms[0](x)) * torch.sigmoid(ms[1](x)))
     torch.testing.assert_close(got, want)
+
+
+def test_score_predictions_matches_cross_entropy_and_accuracy_on_the_logits():
+    from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
+    from fastai.metrics import accuracy, accuracy_multi
+
+    from fasttricks.ensemble import score_predictions
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 4, generator=g)
+    y = torch.randint(0, 4, (50,), generator=g)
+    got = score_predictions(torch.softmax(logits, 1), y, CrossEntropyLossFlat(), [accuracy])
+    assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), 1e-5)
+    assert got["accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+    ym = (torch.rand(50, 4, generator=g) > 0.5).float()
+    got = score_predictions(torch.sigmoid(logits), ym, BCEWithLogitsLossFlat(), [accuracy_multi])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, ym).item()
+    assert got["loss"] == pytest.approx(bce, rel=1e-5)
+    assert got["accuracy_multi"] == pytest.approx(((logits > 0).float() == ym).float().mean().item())
