@@ -423,6 +423,7 @@ class FoldResult:
     valid: dict[str, float]
     test: dict[str, float] | None
     best_epoch: int | None
+    best_value: float | None
     model_path: Path
     seconds: float
     resumed: bool = False
@@ -552,11 +553,13 @@ def _resolve(recipe: Any, overrides: Any) -> dict:
 
 
 def _load_splits(recipe: dict) -> Any:
-    """The recipe's dataset as a :class:`fasttricks.datasets.DataSplits`."""
-    from fasttricks.datasets import load_dataset
+    """The recipe's dataset as a :class:`fasttricks.datasets.DataSplits`, before any
+    oversampling (``build_dataloaders`` oversamples each fold's training part itself)."""
+    from fasttricks.datasets import dataset_parameters, load_dataset
 
-    data = dict(recipe["data"])
-    return load_dataset(data.pop("name"), **data)
+    data = recipe["data"]
+    params = dataset_parameters(data["name"])
+    return load_dataset(data["name"], **{k: v for k, v in data.items() if k in params})
 
 
 def _groups_digest(groups: Any) -> str | None:
@@ -666,6 +669,7 @@ def kfold_fit(
                 "valid_targets": vt,
                 "valid": score_predictions(vp, vt, loss_func, metrics),
                 "best_epoch": best.best_epoch,
+                "best_value": best.best_value,
                 "seconds": time.perf_counter() - t0,
             }
             if has_test:
@@ -681,6 +685,7 @@ def kfold_fit(
         results.append(FoldResult(
             fold=i, train_idx=train_idx, valid_idx=valid_idx, valid=record["valid"],
             test=record.get("test"), best_epoch=record["best_epoch"],
+            best_value=record["best_value"],
             model_path=store.model_path(fold_name), seconds=float(record["seconds"]),
             resumed=resumed,
         ))
@@ -748,7 +753,8 @@ def _write_kfold_outputs(result: KFoldResult, oof_fold: torch.Tensor) -> None:
         "folds": [
             {"fold": f.fold, "n_train": len(f.train_idx), "n_valid": len(f.valid_idx),
              "valid": _metrics_json(f.valid), "test": _metrics_json(f.test),
-             "best_epoch": f.best_epoch, "seconds": f.seconds, "model": f.model_path.name}
+             "best_epoch": f.best_epoch, "best_value": f.best_value, "seconds": f.seconds,
+             "model": f.model_path.name}
             for f in result.folds
         ],
         "summary": result.summary(),
