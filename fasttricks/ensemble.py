@@ -361,7 +361,8 @@ class _MemberStore:
             logger.warning("%s was made with other settings; it will be redone", path)
             return None
         if not self.model_path(name).exists():
-            logger.warning("%s has no model file %s; it will be redone", path, self.model_path(name))
+            logger.warning("%s has no model file %s; it will be redone", path,
+                           self.model_path(name))
             return None
         return record
 
@@ -381,7 +382,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _announce(message: str, progress: bool) -> None:
-    """A progress line: printed (like fastai's own progress output) when ``progress``, else logged."""
+    """A progress line: printed (as fastai prints its progress) when ``progress``, else logged."""
     if progress:
         print(message, flush=True)
     else:

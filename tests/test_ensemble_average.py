@@ -141,4 +141,5 @@ def test_score_predictions_matches_cross_entropy_and_accuracy_on_the_logits():
     got = score_predictions(torch.sigmoid(logits), ym, BCEWithLogitsLossFlat(), [accuracy_multi])
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, ym).item()
     assert got["loss"] == pytest.approx(bce, rel=1e-5)
-    assert got["accuracy_multi"] == pytest.approx(((logits > 0).float() == ym).float().mean().item())
+    hits = ((logits > 0).float() == ym).float().mean().item()
+    assert got["accuracy_multi"] == pytest.approx(hits)
