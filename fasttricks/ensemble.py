@@ -367,9 +367,16 @@ class _MemberStore:
         return record
 
     def save(self, name: str, record: dict, model: nn.Module) -> None:
+        """Write the model (a whole pickled module; its state dict if it cannot be pickled),
+        then the record that marks the member finished."""
         from fasttricks._io import atomic_torch_save
 
-        atomic_torch_save(model, self.model_path(name))
+        try:
+            atomic_torch_save(model, self.model_path(name))
+        except Exception as err:  # noqa: BLE001 - e.g. a hook holding a lambda
+            logger.warning("cannot pickle the %s model (%s); saving its state dict instead, "
+                           "load it with load_ensemble_member(path, model=...)", name, err)
+            atomic_torch_save(model.state_dict(), self.model_path(name))
         atomic_torch_save({**record, "fingerprint": self.fingerprint}, self.folder / f"{name}.pt")
 
 
@@ -416,7 +423,9 @@ def _preds(learn: Any, ds_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class FoldResult:
-    """One fold of :func:`kfold_fit`: its indices into the pool, scores and model file."""
+    """One fold of :func:`kfold_fit`: its indices into the pool, its model's scores on the
+    held-out fold (``valid``) and the test split (``test``), the best epoch and monitored value
+    that :class:`~fasttricks.callbacks.SaveBestCallback` kept, and the model file."""
 
     fold: int
     train_idx: np.ndarray
@@ -494,17 +503,18 @@ class KFoldResult:
         return pd.DataFrame(rows)
 
     def summary(self) -> str:
-        """One line: out-of-fold score, fold mean ± std, and the test ensemble vs single folds."""
+        """One line: out-of-fold score, fold mean ± std (ddof=1), and the test ensemble vs the
+        single fold models."""
         scores = np.asarray(self.fold_scores, dtype=float)
         line = (
             f"{self.name} {self.n_splits}-fold: OOF {self.metric} {_fmt(self.oof[self.metric])} "
-            f"(folds {_fmt(scores.mean())} ± {_fmt(scores.std())})"
+            f"(folds {_fmt(scores.mean())} ± {_fmt(scores.std(ddof=1))})"
         )
         if self.test is not None:
             single = np.asarray(self.fold_test_scores, dtype=float)
             line += (
                 f"; test ensemble {_fmt(self.test[self.metric])} vs single fold "
-                f"{_fmt(single.mean())} ± {_fmt(single.std())}"
+                f"{_fmt(single.mean())} ± {_fmt(single.std(ddof=1))}"
             )
         return line + f" [{self.seconds:.1f}s]"
 
@@ -590,9 +600,9 @@ def kfold_fit(
     fold as validation set (``build_learner`` + ``fit_learner``), keeping the best epoch's
     weights on the held-out fold (:class:`~fasttricks.callbacks.SaveBestCallback` on the
     recipe's primary metric). Every pool item is predicted exactly once, by the one model that
-    did not train on it; the test split is predicted by every fold model and averaged. This is
-    the cross-validation ensemble of Kaggle practice (e.g. "k-fold CV + averaging", fast.ai
-    course, Lesson 6 of Practical Deep Learning 2022).
+    did not train on it; the test split is predicted by every fold model and averaged (the
+    cross-validation ensemble of Kaggle practice). Cross-validation: M. Stone,
+    "Cross-validatory choice and assessment of statistical predictions", JRSS B, 1974.
 
     Files under ``<out_dir>/<name>/kfold/``: ``fold_<i>.pth`` (the fold model, a whole pickled
     module), ``fold_<i>.pt`` (its predictions, indices and scores), ``oof.pt``, ``test.pt``,
