@@ -31,7 +31,9 @@ def loss_filter_mask(losses: torch.Tensor, loss_perc: float) -> torch.Tensor:
         loss_perc: share of the batch's total loss to keep, in (0, 1].
     """
     if losses.ndim != 1:
-        raise ValueError(f"losses must be 1-D (one value per sample), got shape {tuple(losses.shape)}")
+        raise ValueError(
+            f"losses must be 1-D (one value per sample), got shape {tuple(losses.shape)}"
+        )
     values = losses.detach().float()
     sorted_losses, order = torch.sort(values, descending=True)
     before = torch.cumsum(sorted_losses, 0) - sorted_losses  # sum of the losses ranked above
@@ -47,6 +49,8 @@ def _per_sample(losses: torch.Tensor, bs: int) -> torch.Tensor:
             "the loss function returned a scalar with reduction='none'; BatchLossFilterCallback "
             "needs one loss per sample"
         )
+    if losses.ndim == 1 and losses.shape[0] == bs:  # the common case: already per sample
+        return losses if losses.dtype == torch.float32 else losses.float()
     if losses.shape[0] == bs:
         return losses.reshape(bs, -1).float().mean(1)
     if losses.numel() % bs == 0:  # flattened (bs * n) losses, e.g. fastai's flattened losses
