@@ -668,8 +668,8 @@ def kfold_fit(
             best = SaveBestCallback(monitor=metric_name, comp=comp, fname=f".{fold_name}_best")
             with _quiet(learn, progress):
                 fit_learner(learn, recipe, cbs=[best, *cbs])
-            if best.path is not None and best.path.exists():
-                best.path.unlink()
+            if best.ckpt_path is not None and best.ckpt_path.exists():
+                best.ckpt_path.unlink()
             loss_func, metrics = learn.loss_func, list(learn.metrics)
             vp, vt = _preds(learn, 1)
             record = {

@@ -63,10 +63,15 @@ class CountFits(Callback):
             return
         self.fits += 1
         self.start_weights.append(_first_weight(self.learn.model).detach().clone())
-        w = _first_weight(self.learn.model)
-        self.had_optimizer_state.append(bool(self.learn.opt.state.get(w)))
+        self.had_optimizer_state.append(_has_optimizer_state(self.learn.opt))
         if self.fail_at is not None and self.fits == self.fail_at:
             raise RuntimeError("simulated crash")
+
+
+def _has_optimizer_state(opt) -> bool:
+    """Whether an optimizer (fastai's, or a wrapped torch one) holds per-parameter moments."""
+    state = opt.state_dict()["state"]
+    return any(bool(v) for v in (state.values() if isinstance(state, dict) else state))
 
 
 def _first_weight(model):
