@@ -256,3 +256,14 @@ def test_train_cli_runs_kfold(tmp_path):
     saved = json.loads((tmp_path / "digits" / "kfold" / "result.json").read_text())
     assert len(saved["folds"]) == 2
     assert "2-fold" in out.stdout and f"{saved['oof']['accuracy']:.4f}" in out.stdout
+
+
+def test_train_cli_rejects_a_single_fold_and_kfold_with_seeds(tmp_cwd, capsys):
+    from fasttricks.train import main
+
+    recipe = str(ROOT / "recipes" / "digits.yaml")
+    assert main([recipe, "--kfold", "1", "--no-progress"]) == 2
+    assert "n_splits must be >= 2" in capsys.readouterr().err
+    assert main([recipe, "--kfold", "3", "--seeds", "2"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err
+    assert not (tmp_cwd / "runs").exists()
