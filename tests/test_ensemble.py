@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from fastai.callback.core import Callback
-from fasttricks.recipes import build_dataloaders, load_recipe
 
 from fasttricks.ensemble import (
     kfold_fit,
@@ -21,6 +20,7 @@ from fasttricks.ensemble import (
     seed_ensemble,
     snapshot_ensemble,
 )
+from fasttricks.recipes import build_dataloaders, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
