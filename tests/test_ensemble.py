@@ -267,3 +267,21 @@ def test_train_cli_rejects_a_single_fold_and_kfold_with_seeds(tmp_cwd, capsys):
     assert main([recipe, "--kfold", "3", "--seeds", "2"]) == 2
     assert "cannot be combined" in capsys.readouterr().err
     assert not (tmp_cwd / "runs").exists()
+
+
+@pytest.mark.cuda
+def test_kfold_with_fp16_on_cuda_keeps_oof_equal_to_each_fold_models_predictions(tmp_path):
+    from fasttricks.datasets import load_dataset
+
+    recipe = tiny_digits(fp16=True)
+    result = kfold_fit(recipe, n_splits=2, out_dir=tmp_path, progress=False)
+    pool = load_dataset("digits").pool()
+    for f in result.folds:
+        model = load_ensemble_member(f.model_path, device="cuda").eval()
+        x = torch.as_tensor(pool.x[f.valid_idx]).cuda()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+            own = torch.softmax(model(x).float(), dim=1).cpu()
+        torch.testing.assert_close(result.oof_preds[f.valid_idx], own, atol=2e-3, rtol=1e-2)
+    dls = build_dataloaders(recipe)
+    fp32 = predict_ensemble(result.model_paths, dls, ds_idx=2, device="cuda")
+    torch.testing.assert_close(fp32, result.test_preds, atol=1e-2, rtol=5e-2)
