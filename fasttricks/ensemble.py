@@ -605,8 +605,9 @@ def kfold_fit(
     "Cross-validatory choice and assessment of statistical predictions", JRSS B, 1974.
 
     Files under ``<out_dir>/<name>/kfold/``: ``fold_<i>.pth`` (the fold model, a whole pickled
-    module), ``fold_<i>.pt`` (its predictions, indices and scores), ``oof.pt``, ``test.pt``,
-    ``result.json`` and ``kfold.png``, all written atomically. Running again skips the folds
+    module), ``fold_<i>.pt`` (its predictions, indices and scores), ``oof.pt`` / ``oof.csv``
+    (out-of-fold predictions with their fold, in pool order), ``test.pt`` / ``test.csv``
+    (fold-averaged test predictions), ``result.json`` and ``kfold.png``, all written atomically. Running again skips the folds
     whose files exist and were made with the same recipe and split settings, so an interrupted
     run loses at most the fold in progress.
 
@@ -736,22 +737,46 @@ def kfold_fit(
         test_targets=test_targets, test=test_scores, out_dir=kdir,
         seconds=time.perf_counter() - started,
     )
-    _write_kfold_outputs(result, oof_fold)
+    _write_kfold_outputs(result, oof_fold, list(splits.vocab))
     _announce(result.summary(), progress)
     return result
 
 
-def _write_kfold_outputs(result: KFoldResult, oof_fold: torch.Tensor) -> None:
-    from fasttricks._io import atomic_torch_save, atomic_write_text
+def _predictions_frame(preds: torch.Tensor, targets: torch.Tensor, vocab: list) -> Any:
+    """One row per item: ``target`` (or ``target_<label>`` columns for multi-label) and one
+    ``p_<class>`` probability column per class, for stacking or error analysis."""
+    import pandas as pd
+
+    p = preds.numpy().reshape(len(preds), -1)
+    names = [str(v) for v in vocab] if len(vocab) == p.shape[1] else list(range(p.shape[1]))
+    frame = pd.DataFrame({"item": np.arange(len(p))})
+    t = targets.numpy()
+    if t.ndim == 1:
+        frame["target"] = t
+    else:
+        for j, n in enumerate(names):
+            frame[f"target_{n}"] = t[:, j]
+    for j, n in enumerate(names):
+        frame[f"p_{n}"] = p[:, j]
+    return frame
+
+
+def _write_kfold_outputs(result: KFoldResult, oof_fold: torch.Tensor, vocab: list) -> None:
+    from fasttricks._io import atomic_torch_save, atomic_write_csv, atomic_write_text
 
     kdir = result.out_dir
     atomic_torch_save(
         {"preds": result.oof_preds, "targets": result.oof_targets, "fold": oof_fold},
         kdir / "oof.pt",
     )
+    oof = _predictions_frame(result.oof_preds, result.oof_targets, vocab)
+    oof.insert(1, "fold", oof_fold.numpy())
+    atomic_write_csv(oof, kdir / "oof.csv")
     if result.test_preds is not None:
         atomic_torch_save({"preds": result.test_preds, "targets": result.test_targets},
                           kdir / "test.pt")
+        test = _predictions_frame(result.test_preds, result.test_targets, vocab)
+        atomic_write_csv(test, kdir / "test.csv")
     result.plot()
     summary = {
         "name": result.name,

@@ -145,6 +145,14 @@ def test_kfold_writes_results_plot_and_a_one_line_summary(digits_kfold):
     torch.testing.assert_close(oof["preds"], result.oof_preds)
     for f in result.folds:
         assert (oof["fold"][f.valid_idx] == f.fold).all()
+    import pandas as pd
+
+    table = pd.read_csv(kdir / "oof.csv")
+    assert list(table.columns) == ["item", "fold", "target"] + [f"p_{c}" for c in range(10)]
+    np.testing.assert_allclose(table[[f"p_{c}" for c in range(10)]].to_numpy(),
+                               result.oof_preds.numpy(), atol=1e-6)
+    assert (table["fold"].to_numpy() == oof["fold"].numpy()).all()
+    assert len(pd.read_csv(kdir / "test.csv")) == len(result.test_preds)
     line = result.summary()
     assert "\n" not in line
     assert f"{result.oof['accuracy']:.4f}" in line and f"{result.test['accuracy']:.4f}" in line
