@@ -626,6 +626,13 @@ def kfold_fit(
 
     Returns:
         A :class:`KFoldResult`; ``result.summary()`` is the one-line summary printed at the end.
+
+    Example::
+
+        result = kfold_fit("recipes/digits.yaml", n_splits=5)
+        result.oof["accuracy"], result.test["accuracy"]   # out-of-fold and test-ensemble scores
+        result.plot()                                      # runs/digits/kfold/kfold.png
+        probs = predict_ensemble(result.model_paths, dls.test_dl(new_items))
     """
     from fasttricks.callbacks import SaveBestCallback
     from fasttricks.data import kfold_splits
@@ -1007,6 +1014,11 @@ def seed_ensemble(
         out_dir: the runs folder (default ``"runs"``).
         cbs: extra fastai callbacks for every fit.
         progress: show fastai's progress and one line per seed (default True).
+
+    Example::
+
+        result = seed_ensemble("recipes/mnist1d.yaml", seeds=range(5))
+        result.mean, result.std, result.sem, result.ensemble_score
     """
     from fasttricks.recipes import build_learner, fit_learner, primary_metric, set_in_recipe
 
@@ -1081,6 +1093,11 @@ def snapshot_ensemble(
         out_dir: the runs folder (default ``"runs"``).
         cbs: extra fastai callbacks for every cycle.
         progress: show fastai's progress and one line per cycle (default True).
+
+    Example::
+
+        result = snapshot_ensemble("recipes/digits.yaml", cycles=3, epochs=4)
+        print(result.summary())   # each snapshot's test score and the averaged one
     """
     from fasttricks._io import atomic_torch_save
     from fasttricks._validate import check_range
