@@ -92,8 +92,9 @@ def average_predictions(
     """Combine the predictions of several models on the same items into one.
 
     - ``"mean"``: weighted arithmetic mean ``sum_m w_m p_m`` (the usual ensemble of probabilities).
-    - ``"geometric"``: weighted geometric mean ``exp(sum_m w_m log p_m)`` (log-linear pooling;
-      a model that is confidently wrong is punished harder). Predictions must be >= 0 and are
+    - ``"geometric"``: weighted geometric mean ``exp(sum_m w_m log p_m)`` (log-linear pooling,
+      Genest and Zidek, Statistical Science 1986; a model that is confidently wrong is punished
+      harder). Predictions must be >= 0 and are
       clipped to ``eps`` before the log. If every input is a 2-D matrix whose rows sum to 1
       (softmax outputs), the result is renormalised so its rows sum to 1 as well.
     - ``"rank"``: every model's scores are replaced by their ranks along the item axis (axis 0,
@@ -609,7 +610,8 @@ def kfold_fit(
     (out-of-fold predictions with their fold, in pool order), ``test.pt`` / ``test.csv``
     (fold-averaged test predictions), ``result.json`` and ``kfold.png``, all written atomically. Running again skips the folds
     whose files exist and were made with the same recipe and split settings, so an interrupted
-    run loses at most the fold in progress.
+    run loses at most the fold in progress. The recipe's ``retrain_at_best`` does not apply:
+    every fold keeps its best epoch's weights instead.
 
     Args:
         recipe: a recipe path, mapping or resolved recipe (see ``fasttricks.recipes``).
