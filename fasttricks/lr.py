@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401  (patches Learner.lr_find / fit_flat_cos)
 from fastai.callback.core import Callback
@@ -88,9 +90,16 @@ def suggest_lr(
     check_range("start_lr", start_lr, low=0.0, low_inclusive=False)
     if end_lr <= start_lr:
         raise ValueError(f"end_lr must be above start_lr, got {end_lr!r} <= {start_lr!r}")
-    with learn.no_bar():
-        found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
-                              show_plot=show_plot, suggest_funcs=(minimum, steep))
+    # lr_find parks the weights in learn.path/model_dir/_tmp.pth: keep that out of the user's
+    # folders (and working in read-only ones)
+    path, model_dir = learn.path, learn.model_dir
+    with tempfile.TemporaryDirectory(prefix="fasttricks-lr-find-") as tmp, learn.no_bar():
+        learn.path, learn.model_dir = Path(tmp), "."
+        try:
+            found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
+                                  show_plot=show_plot, suggest_funcs=(minimum, steep))
+        finally:
+            learn.path, learn.model_dir = path, model_dir
     result = LRRange(steep=float(found.steep), minimum=float(found.minimum))
     logger.info("suggested %s", result)
     return result

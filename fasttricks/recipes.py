@@ -3,7 +3,8 @@
 A recipe names everything a training run needs::
 
     name: digits
-    data: {name: digits, bs: 64}            # + the dataset's own options (valid_pct, seed, ...)
+    data: {name: digits, bs: 64}            # + the dataset's options (valid_pct, seed, ...);
+                                            # sampler: weighted, weights: sqrt_inv; oversample
     model: {name: cnn2d, channels: [32, 64, 128]}
     loss: {name: cross_entropy}             # + the loss's options (gamma, alpha, ...)
     optimizer: {name: ranger, lr: 3e-3, wd: 1e-2}
@@ -18,8 +19,10 @@ A recipe names everything a training run needs::
 :func:`load_recipe` validates a recipe before anything trains: an unknown section or key names
 itself, the allowed keys and the closest match; a value of the wrong type names its dotted path
 (``optimizer.lr``) and echoes the value. Numbers written ``1e-3`` (which YAML 1.1 reads as a
-string) are coerced wherever a number is expected. :func:`build_learner` is the one place a
-Learner is made from a config; training, tuning, k-fold and the notebooks all go through it.
+string) are coerced wherever a number is expected. ``data.seed`` fixes the dataset's split and
+is independent of the training ``seed``, so ``--seeds N`` varies only the training.
+:func:`build_learner` is the one place a Learner is made from a config; training, tuning,
+k-fold and the notebooks all go through it.
 """
 
 from __future__ import annotations
@@ -247,6 +250,11 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
             raise _unknown_key("data", key, [*_DATA_KEYS, *params])
         default = params[key].default
         out[key] = _like_default(f"data.{key}", value, default)
+    missing = [k for k, p in params.items()
+               if p.default is inspect.Parameter.empty and k not in out]
+    if missing:
+        raise RecipeError(f"dataset {name!r} needs data.{missing[0]} (required: "
+                          f"{', '.join(missing)})")
     return out
 
 

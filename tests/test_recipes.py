@@ -197,6 +197,11 @@ def test_missing_dataset_name_lists_known_datasets():
         load_recipe({"data": {"bs": 32}, "model": "mlp"})
 
 
+def test_a_required_dataset_argument_is_reported_at_load_time():
+    with pytest.raises(ValueError, match="dataset 'tabular_csv' needs data.path"):
+        load_recipe({"data": {"name": "tabular_csv"}, "model": "tabular"})
+
+
 def test_missing_recipe_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_recipe(tmp_path / "nope.yaml")
