@@ -10,7 +10,9 @@ asymmetric loss (ASL), scored by mean average precision (macro mAP) on the test 
 
 Every configuration is the recipe with one section changed, trained for the same number of
 epochs with the same seeds; each number is the mean +- standard error over the seeds, and each
-ratio is relative to the plain baseline of the same run. Results go to
+ratio is relative to the plain baseline of the same run. The data split is the same for every
+seed (the dataset's own default seed); a seed changes initialisation, batch order and the
+oversampling / weighted-sampling draws. Results go to
 ``benchmarks/results/imbalance.json`` and ``benchmarks/results/imbalance.png``.
 
     python benchmarks/imbalance.py                 # 5 seeds (a few minutes on 2 CPU cores)

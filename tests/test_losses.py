@@ -585,3 +585,33 @@ def test_get_loss_errors_are_helpful():
         get_loss("focal", alpha="sqrt_inv")
     with pytest.raises(TypeError, match="needs the training labels"):
         FocalLoss(alpha="sqrt_inv")
+
+
+@pytest.mark.parametrize(
+    "loss_func,multilabel",
+    [(FocalLoss(), False), (AsymmetricLossSingleLabel(), False), (AsymmetricLoss(), True),
+     (MultiLabelFocalLoss(), True)],
+    ids=lambda v: type(v).__name__ if not isinstance(v, bool) else str(v),
+)
+def test_losses_give_per_sample_values_to_the_batch_loss_filter(loss_func, multilabel):
+    from fasttricks.callbacks import BatchLossFilterCallback
+
+    learn, _ = _tabular_learner(loss_func, multilabel=multilabel)
+    seen = []
+    original_forward = loss_func.forward
+
+    def recording_forward(inp, targ):
+        out = original_forward(inp, targ)
+        seen.append((loss_func.reduction, tuple(out.shape)))
+        return out
+
+    loss_func.forward = recording_forward
+    try:
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, 1e-2, cbs=BatchLossFilterCallback(loss_perc=0.8))
+    finally:
+        del loss_func.forward
+    train_calls = [shape for reduction, shape in seen if reduction == "none"]
+    assert train_calls and all(shape[0] == 30 for shape in train_calls)
+    assert loss_func.reduction == "mean"
+    assert np.isfinite(learn.recorder.values[-1]).all()

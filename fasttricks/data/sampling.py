@@ -308,7 +308,13 @@ def _infer_labels(dl: Any) -> Any:
 def _stack_targets(targets: list) -> np.ndarray:
     values = [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
               for t in targets]
-    return np.stack(values)
+    try:
+        return np.stack(values)
+    except ValueError as err:
+        raise ValueError(
+            "the training targets have different shapes (multi-label class lists?); pass "
+            "labels=... as a 1-D array of classes or a 2-D multi-hot array"
+        ) from err
 
 
 def weighted_dataloaders(
