@@ -293,3 +293,21 @@ def test_kfold_with_fp16_on_cuda_keeps_oof_equal_to_each_fold_models_predictions
     dls = build_dataloaders(recipe)
     fp32 = predict_ensemble(result.model_paths, dls, ds_idx=2, device="cuda")
     torch.testing.assert_close(fp32, result.test_preds, atol=1e-2, rtol=5e-2)
+
+
+def test_grouped_kfold_without_test_keeps_groups_together_and_skips_the_test_split(tmp_path):
+    from fasttricks.datasets import load_dataset
+
+    recipe = tiny_digits(schedule={"fit": "flat_cos", "epochs": 1})
+    n = len(load_dataset("digits").pool())
+    groups = np.arange(n) // 7
+    result = kfold_fit(recipe, n_splits=2, test=False, groups=groups, stratify=False,
+                       out_dir=tmp_path, progress=False)
+    for f in result.folds:
+        assert np.intersect1d(groups[f.train_idx], groups[f.valid_idx]).size == 0
+        assert f.test is None
+    assert result.test is None and result.test_preds is None
+    assert "test" not in result.summary()
+    assert result.plot().exists()
+    with pytest.raises(ValueError, match="labels and groups must have the same length"):
+        kfold_fit(recipe, n_splits=2, groups=groups[:-1], out_dir=tmp_path, progress=False)
