@@ -608,10 +608,13 @@ def kfold_fit(
     Files under ``<out_dir>/<name>/kfold/``: ``fold_<i>.pth`` (the fold model, a whole pickled
     module), ``fold_<i>.pt`` (its predictions, indices and scores), ``oof.pt`` / ``oof.csv``
     (out-of-fold predictions with their fold, in pool order), ``test.pt`` / ``test.csv``
-    (fold-averaged test predictions), ``result.json`` and ``kfold.png``, all written atomically. Running again skips the folds
-    whose files exist and were made with the same recipe and split settings, so an interrupted
-    run loses at most the fold in progress. The recipe's ``retrain_at_best`` does not apply:
-    every fold keeps its best epoch's weights instead.
+    (fold-averaged test predictions), ``result.json`` and ``kfold.png``, all written
+    atomically. Running again skips the folds whose files exist and were made with the same
+    recipe and split settings, so an interrupted run loses at most the fold in progress. The
+    recipe's ``retrain_at_best`` does not apply: every fold keeps its best epoch's weights.
+
+    Note that the out-of-fold score is slightly optimistic: each fold's best epoch is chosen on
+    the same held-out fold it is then scored on. The test-ensemble score has no such bias.
 
     Args:
         recipe: a recipe path, mapping or resolved recipe (see ``fasttricks.recipes``).
