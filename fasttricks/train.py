@@ -5,6 +5,7 @@ Usage::
     python -m fasttricks.train recipes/digits.yaml
     python -m fasttricks.train recipes/mnist1d.yaml --set optimizer.lr=1e-3 --set schedule.epochs=5
     python -m fasttricks.train recipes/digits.yaml --seeds 5      # mean, std, stderr over seeds
+    python -m fasttricks.train recipes/digits.yaml --kfold 5      # 5-fold CV ensemble
 
 Each run writes ``<out>/<name>/`` (default ``runs/<name>/``): ``recipe.yaml`` (the resolved
 recipe), ``metrics.csv`` (one row per epoch, with a UTC timestamp), ``model.pth`` (the final
@@ -14,6 +15,9 @@ leaves no half-written file. ``--seeds N`` trains seeds ``seed, seed+1, ..., see
 ``<out>/<name>/seed_<s>/`` and writes ``seeds.csv`` / ``seeds.json`` with the mean, standard
 deviation and standard error of the test metric: the cheatsheet's check of how much a score
 moves with the seed alone, i.e. how far apart two results must be to mean anything.
+``--kfold N`` cross-validates the recipe instead (:func:`fasttricks.ensemble.kfold_fit`): N fold
+models, out-of-fold and fold-averaged test scores in ``<out>/<name>/kfold/``; re-running skips
+the folds already finished.
 """
 
 from __future__ import annotations
@@ -188,12 +192,35 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. --set optimizer.lr=1e-3 (repeatable)")
     p.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="train N seeds and report mean, std and standard error (default 1)")
+    p.add_argument("--kfold", type=int, default=None, metavar="N",
+                   help="k-fold cross-validation ensemble with N folds (results in "
+                        "<out>/<name>/kfold/)")
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs)")
     p.add_argument("--no-save", action="store_true", help="write nothing to disk")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice)")
     return p
+
+
+def _run_kfold(recipe: dict, n_splits: int, out: str | None, progress: bool) -> int:
+    """``--kfold N``: :func:`fasttricks.ensemble.kfold_fit`, its one-line summary, exit status."""
+    import tempfile
+    from contextlib import ExitStack
+
+    from fasttricks.ensemble import kfold_fit
+
+    with ExitStack() as stack:
+        if out is None:  # --no-save: the fold models only live while they are scored
+            out = stack.enter_context(tempfile.TemporaryDirectory())
+        try:
+            result = kfold_fit(recipe, n_splits=n_splits, out_dir=out, progress=progress)
+        except ValueError as err:  # e.g. fewer than 2 folds, a class rarer than the folds
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if not progress:  # with progress, kfold_fit has printed it already
+        print(result.summary())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -214,6 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = None if args.no_save else args.out
     progress = not args.no_progress
     start = time.perf_counter()
+    if args.kfold is not None:
+        if args.seeds > 1:
+            print("error: --kfold and --seeds cannot be combined; choose one", file=sys.stderr)
+            return 2
+        return _run_kfold(recipe, args.kfold, out, progress)
     if args.seeds > 1:
         _, summary = run_seeds(recipe, args.seeds, out_dir=out, progress=progress)
         s = summary["test"]

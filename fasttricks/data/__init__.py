@@ -1,10 +1,12 @@
-"""Data helpers for training: oversampling and weighted sampling of the training set.
+"""Data helpers for training: oversampling and weighted sampling of the training set, and k-fold
+splits for cross-validation.
 
 `class_weights` lives in `fasttricks.losses` and is re-exported here for convenience.
 """
 
 from __future__ import annotations
 
+from fasttricks.data.folds import kfold_splits
 from fasttricks.data.sampling import (
     WeightedSampler,
     item_weights,
@@ -18,6 +20,7 @@ __all__ = [
     "WeightedSampler",
     "class_weights",
     "item_weights",
+    "kfold_splits",
     "oversample",
     "oversample_indices",
     "weighted_dataloaders",
