@@ -584,7 +584,7 @@ class Diagnosis:
                          f"macro F1 {rep['f1'].mean():.4f}, mean AP {rep['ap'].mean():.4f}")
         worst = ", ".join(f"{r['class']} (F1 {r['f1']:.3f}, n={r['support']})"
                           for _, r in rep.head(n).iterrows())
-        lines.append(f"worst classes: {worst}")
+        lines.append(f"worst {'labels' if self.multilabel else 'classes'}: {worst}")
         if len(self.pairs):
             pairs = ", ".join(f"{r['actual']} -> {r['predicted']} ({r['count']})"
                               for _, r in self.pairs.head(n).iterrows())
@@ -617,7 +617,8 @@ class Diagnosis:
         ax_bar.set_xlim(0, 1)
         ax_bar.set_xlabel("F1")
         shown = f" (worst {len(rep)} of {len(self.report)})" if len(rep) < len(self.report) else ""
-        ax_bar.set_title(f"per-class F1, {self.split}{shown}")
+        kind = "label" if self.multilabel else "class"
+        ax_bar.set_title(f"per-{kind} F1, {self.split}{shown}")
         ax_bar.grid(axis="x", alpha=0.3)
         if self.confusion is None:
             ax_right.barh(pos, rep["ap"].fillna(0), color="C1")
