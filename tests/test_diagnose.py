@@ -238,6 +238,16 @@ def test_multilabel_priority_averages_binary_entropies():
     np.testing.assert_allclose(ranked["score"], sorted(h, reverse=True))
 
 
+def test_tied_scores_and_losses_keep_item_order():
+    rows = np.array([[0.6, 0.4], [0.8, 0.2], [0.5, 0.5]])
+    probs = rows[np.arange(300) % 3]
+    ranked = labelling_priority(probs, "least_confidence")
+    expected = [*range(2, 300, 3), *range(0, 300, 3), *range(1, 300, 3)]
+    assert list(ranked["index"]) == expected
+    top = top_losses(probs, np.zeros(300, dtype=int), k=None)
+    assert list(top["index"]) == expected
+
+
 # ---------------------------------------------------------------------------------- seeds
 
 
