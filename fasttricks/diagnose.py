@@ -609,25 +609,12 @@ class Diagnosis:
 
         rep = self.report.head(max_classes)
         fig, (ax_bar, ax_right) = plt.subplots(1, 2, figsize=(12, max(4, 0.22 * len(rep) + 1.5)))
-        labels = [str(c) for c in rep["class"]]
-        pos = np.arange(len(rep))
-        ax_bar.barh(pos, rep["f1"], color="C0")
-        ax_bar.set_yticks(pos, labels, fontsize=8)
-        ax_bar.invert_yaxis()
-        ax_bar.set_xlim(0, 1)
-        ax_bar.set_xlabel("F1")
         shown = f" (worst {len(rep)} of {len(self.report)})" if len(rep) < len(self.report) else ""
         kind = "label" if self.multilabel else "class"
-        ax_bar.set_title(f"per-{kind} F1, {self.split}{shown}")
-        ax_bar.grid(axis="x", alpha=0.3)
+        _bars(ax_bar, rep["f1"], rep["class"], "F1", f"per-{kind} F1, {self.split}{shown}", "C0")
         if self.confusion is None:
-            ax_right.barh(pos, rep["ap"].fillna(0), color="C1")
-            ax_right.set_yticks(pos, labels, fontsize=8)
-            ax_right.invert_yaxis()
-            ax_right.set_xlim(0, 1)
-            ax_right.set_xlabel("average precision")
-            ax_right.set_title("per-label average precision")
-            ax_right.grid(axis="x", alpha=0.3)
+            _bars(ax_right, rep["ap"].fillna(0), rep["class"], "average precision",
+                  "per-label average precision", "C1")
         else:
             _heat_map(ax_right, self.confusion, self.classes, fig)
         fig.tight_layout()
@@ -636,6 +623,18 @@ class Diagnosis:
                 fig.savefig(tmp, dpi=110, format="png")
             plt.close(fig)
         return fig
+
+
+def _bars(ax: Any, values: Any, names: Any, xlabel: str, title: str, color: str) -> None:
+    """Horizontal bars in [0, 1], first row on top."""
+    pos = np.arange(len(values))
+    ax.barh(pos, values, color=color)
+    ax.set_yticks(pos, [str(n) for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def _heat_map(ax: Any, cm: np.ndarray, classes: list, fig: Any) -> None:
