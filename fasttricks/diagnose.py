@@ -659,7 +659,9 @@ def diagnose_learner(learn: Any, ds_idx: int = 1, k: int = 10, progress: bool = 
 
     Runs ``learn.get_preds(ds_idx=ds_idx)`` (the loss's activation applied), then
     :func:`per_class_report`, :func:`confusion_pairs` and :func:`top_losses` with the class
-    names from ``learn.dls.vocab``.
+    names from ``learn.dls.vocab``. A loss without fastai's ``activation`` (a plain
+    ``torch.nn.CrossEntropyLoss``) gives raw outputs: they get a softmax (1-D targets) or a
+    sigmoid (multi-hot targets).
 
     Args:
         learn: a trained fastai ``Learner`` (e.g. ``run_recipe(...).learn``).
@@ -678,6 +680,11 @@ def diagnose_learner(learn: Any, ds_idx: int = 1, k: int = 10, progress: bool = 
         if not progress:
             stack.enter_context(learn.no_bar())
         probs, targets = learn.get_preds(ds_idx=ds_idx)
+    if getattr(learn.loss_func, "activation", None) is None:
+        logger.info("%s has no activation; applying %s to the outputs",
+                    type(learn.loss_func).__name__,
+                    "sigmoid" if targets.ndim == 2 else "softmax")
+        probs = probs.float().sigmoid() if targets.ndim == 2 else probs.float().softmax(dim=1)
     vocab = getattr(learn.dls, "vocab", None)
     vocab = list(vocab) if vocab is not None and len(vocab) == probs.shape[1] else None
     preds = _as_preds(probs, targets, vocab)

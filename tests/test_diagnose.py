@@ -300,6 +300,21 @@ def test_diagnose_learner_matches_the_array_functions_and_plots_a_png(digits_run
     assert len(out.axes) >= 2
 
 
+def test_diagnose_learner_applies_softmax_when_the_loss_has_no_activation(digits_run):
+    learn = digits_run.learn
+    expected = diagnose_learner(learn)
+    fastai_loss = learn.loss_func
+    learn.loss_func = torch.nn.CrossEntropyLoss()
+    try:
+        logits, _ = learn.get_preds(ds_idx=1)
+        assert not torch.allclose(logits.sum(1), torch.ones(len(logits)))
+        diag = diagnose_learner(learn)
+    finally:
+        learn.loss_func = fastai_loss
+    pd.testing.assert_frame_equal(diag.report, expected.report, rtol=1e-5)
+    pd.testing.assert_frame_equal(diag.top_losses, expected.top_losses, rtol=1e-5)
+
+
 def test_multilabel_diagnosis_plots_f1_and_average_precision(multi, tmp_path):
     probs, y = multi
     diag = Diagnosis(report=per_class_report(probs, y), pairs=pd.DataFrame(),
