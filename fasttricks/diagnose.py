@@ -93,8 +93,12 @@ class _Preds:
         return [tuple(self.names(np.flatnonzero(row))) for row in multi_hot]
 
 
-def _as_probs(probs: Any, multilabel: bool) -> np.ndarray:
-    """``probs`` as a finite float64 (items x classes) array of probabilities, or a clear error."""
+def _as_probs(probs: Any, multilabel: bool, multilabel_how: str = "2-D multi-hot targets"
+              ) -> np.ndarray:
+    """``probs`` as a finite float64 (items x classes) array of probabilities, or a clear error.
+
+    ``multilabel_how`` says, in the error, how the caller is told the data is multi-label.
+    """
     arr = as_array(probs)
     if arr.dtype.kind not in "iuf":
         raise TypeError(f"probs must be numeric, got dtype {arr.dtype}")
@@ -109,7 +113,7 @@ def _as_probs(probs: Any, multilabel: bool) -> np.ndarray:
     if multilabel:
         if low < 0 or high > 1:
             raise ValueError(
-                f"probs must be probabilities in [0, 1] for multi-label targets, got values in "
+                f"probs must be probabilities in [0, 1] for multi-label data, got values in "
                 f"[{low:.4g}, {high:.4g}]; these look like logits: apply the activation first "
                 "(torch.sigmoid(logits)), or use learn.get_preds(), which applies the loss's "
                 "activation")
@@ -123,9 +127,9 @@ def _as_probs(probs: Any, multilabel: bool) -> np.ndarray:
         else:
             hint = ("these look like logits or scores: apply the activation first "
                     "(torch.softmax(logits, dim=1)), or use learn.get_preds(), which applies "
-                    "the loss's activation; multi-label data needs 2-D multi-hot targets")
+                    f"the loss's activation; multi-label probabilities need {multilabel_how}")
         raise ValueError(
-            f"probs must be probabilities whose rows sum to 1 for single-label targets, but row "
+            f"probs must be probabilities whose rows sum to 1 for single-label data, but row "
             f"{worst} sums to {sums[worst]:.4g} (values in [{low:.4g}, {high:.4g}]); {hint}")
     return arr
 
@@ -434,7 +438,7 @@ def labelling_priority(
     """
     check_choice("uncertainty method", method, UNCERTAINTY_METHODS)
     _check_k(k)
-    arr = _as_probs(probs, multilabel)
+    arr = _as_probs(probs, multilabel, multilabel_how="multilabel=True")
     scores = _uncertainty(arr, method, multilabel)
     idx = _top(scores, k)
     frame = pd.DataFrame({"index": idx.astype(np.int64), "score": scores[idx]})

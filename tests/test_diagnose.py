@@ -343,7 +343,7 @@ def test_logits_instead_of_probabilities_are_explained(single):
         top_losses(logits, y)
     with pytest.raises(ValueError, match=r"\[0, 1\].*sigmoid"):
         per_class_report(np.full((4, 2), 2.0), np.ones((4, 2)))
-    with pytest.raises(ValueError, match="sum to 1"):
+    with pytest.raises(ValueError, match="sum to 1.*multilabel=True"):
         labelling_priority(probs * 2)
 
 
