@@ -37,6 +37,7 @@ import pandas as pd
 import yaml
 
 from fasttricks._io import atomic_path, atomic_torch_save, atomic_write_csv, atomic_write_text
+from fasttricks.diagnose import seed_summary
 
 __all__ = ["main", "plot_history", "run_seeds", "seed_summary", "summary_line", "write_run"]
 
@@ -133,16 +134,6 @@ def summary_line(result: Any) -> str:
     if result.out_dir is not None:
         parts.append(f"-> {result.out_dir}")
     return ", ".join(parts)
-
-
-def seed_summary(values: Sequence[float]) -> dict[str, float]:
-    """Mean, sample standard deviation (ddof=1) and standard error (std / sqrt(n)) of values."""
-    arr = np.asarray(values, dtype=float)
-    n = len(arr)
-    std = float(arr.std(ddof=1)) if n > 1 else 0.0
-    return {"n": n, "mean": float(arr.mean()), "std": std,
-            "stderr": std / math.sqrt(n) if n > 1 else 0.0,
-            "min": float(arr.min()), "max": float(arr.max())}
 
 
 def run_seeds(
