@@ -15,7 +15,8 @@ Example::
 
 from __future__ import annotations
 
-from fasttricks.tune._callback import PruningCallback
+from typing import Any
+
 from fasttricks.tune._pruners import PRUNERS, describe_pruner, make_pruner
 from fasttricks.tune._results import best_recipe, write_results
 from fasttricks.tune._space import Param, load_space
@@ -37,3 +38,13 @@ __all__ = [
     "tune",
     "write_results",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PruningCallback subclasses a fastai Callback: import fastai only when it is asked for,
+    # so storage-only processes (and `import fasttricks.tune`) start fast.
+    if name == "PruningCallback":
+        from fasttricks.tune._callback import PruningCallback
+
+        return PruningCallback
+    raise AttributeError(f"module 'fasttricks.tune' has no attribute {name!r}")

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -122,10 +123,30 @@ def make_storage(
         callback = None
         if max_retry is not None:
             callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs={"pool_pre_ping": True} if kind != "sqlite" else None,
-            heartbeat_interval=heartbeat,
-            grace_period=grace_period,
-            heartbeat_stale_trial_callback=callback,
-        )
+        return _open_rdb(url, kind, heartbeat, grace_period, callback)
+
+
+def _open_rdb(url: str, kind: str, heartbeat: int | None, grace_period: int | None,
+              callback: Any, attempts: int = 5) -> Any:
+    """RDBStorage, retrying when another process creates the tables at the same moment.
+
+    Two workers starting on an empty database both run ``CREATE TABLE``/``CREATE TYPE``; the
+    loser gets a unique-violation error although the schema is then complete.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True} if kind != "sqlite" else None,
+                heartbeat_interval=heartbeat,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=callback,
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")

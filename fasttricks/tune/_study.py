@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from fasttricks._validate import check_choice, check_range
-from fasttricks.tune._callback import PruningCallback
 from fasttricks.tune._progress import TrialProgress
 from fasttricks.tune._pruners import describe_pruner, make_pruner, recipe_epochs
 from fasttricks.tune._space import Param, check_space_keys, default_space_path, load_space
@@ -153,7 +152,9 @@ def fail_orphaned_trials(study: Any, pids: Sequence[int] | None = None) -> list[
 
     A worker killed without a chance to clean up (SIGKILL, power loss) leaves its trial
     RUNNING; without heartbeats nothing else would ever finish it. ``pids`` restricts the check
-    to these processes (default: any dead process of this host). Returns the trial numbers.
+    to these processes (default: any dead process of this host). When the storage has a
+    heartbeat-stale callback (``max_retry``), it runs for these trials too, so they are
+    re-queued. Returns the trial numbers.
     """
     import optuna
     from optuna.trial import TrialState
@@ -169,13 +170,23 @@ def fail_orphaned_trials(study: Any, pids: Sequence[int] | None = None) -> list[
         if pid == os.getpid() or (pids is not None and pid not in pids) or _pid_alive(pid):
             continue
         try:
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         failed.append(trial.number)
+        retry = _stale_callback(study)
+        if retry is not None:
+            with quiet_experimental():
+                retry(study, study._storage.get_trial(trial._trial_id))
     if failed:
         _log.warning("marked trials %s FAIL: their worker process ended mid-trial", failed)
     return failed
+
+
+def _stale_callback(study: Any) -> Any:
+    getter = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)
+    return getter() if getter is not None and _heartbeat_enabled(study) else None
 
 
 def _heartbeat_enabled(study: Any) -> bool:
@@ -184,16 +195,14 @@ def _heartbeat_enabled(study: Any) -> bool:
     return is_heartbeat_enabled(study._storage)
 
 
-def make_objective(recipe: Mapping[str, Any], space: Mapping[str, Param], metric: str,
-                   n_trials: int) -> Any:
+def make_objective(recipe: Mapping[str, Any], space: Mapping[str, Param], metric: str) -> Any:
     """The Optuna objective: sample ``space`` into ``recipe``, build, fit, return ``metric``."""
     from fasttricks.recipes import build_learner, fit_learner, set_in_recipe
+    from fasttricks.tune._callback import PruningCallback
 
     def objective(trial: Any) -> float:
         import optuna
 
-        trial.set_user_attr(WORKER_ATTR, worker_id())
-        _check_not_surplus(trial, n_trials)
         trial_recipe = dict(recipe)
         for key, param in space.items():
             trial_recipe = set_in_recipe(trial_recipe, key, param.suggest(trial))
@@ -317,19 +326,27 @@ def run_trials(study: Any, objective: Any, n_trials: int, timeout: float | None 
     Before each trial: dead workers' trials are failed (heartbeat, or a gone local process),
     and a new trial starts only while ``finished + running < n_trials`` or a retry waits.
     With heartbeats, a worker waits while others still run the last trials, since one of them
-    may die and need a replacement.
+    may die and need a replacement. Two workers that start a trial at the same moment are
+    resolved by trial number: the later one, if it would exceed ``n_trials``, is recorded as
+    FAIL ("not needed") before doing any work.
     """
     import optuna
 
     start = time.monotonic()
     heartbeat = _heartbeat_enabled(study)
+
+    def guarded(trial: Any) -> Any:
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        _check_not_surplus(trial, n_trials)
+        return objective(trial)
     while True:
         if timeout is not None and time.monotonic() - start >= timeout:
             return
-        with quiet_experimental():
-            if heartbeat:
+        if heartbeat:  # works across machines, and re-queues per max_retry
+            with quiet_experimental():
                 optuna.storages.fail_stale_trials(study)
-        fail_orphaned_trials(study)
+        else:
+            fail_orphaned_trials(study)
         counts = count_trials(study)
         if counts["finished"] >= n_trials:
             return
@@ -340,7 +357,7 @@ def run_trials(study: Any, objective: Any, n_trials: int, timeout: float | None 
             continue
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
         with quiet_experimental():
-            study.optimize(objective, n_trials=1, timeout=left, catch=(SurplusTrialError,),
+            study.optimize(guarded, n_trials=1, timeout=left, catch=(SurplusTrialError,),
                            callbacks=list(callbacks))
 
 
@@ -439,7 +456,7 @@ def tune(
             callbacks.append(TrialProgress(metric, recipe_epochs(resolved), progress_prefix))
         if mlflow is not None:
             callbacks.append(mlflow_logger)
-        objective = make_objective(resolved, parsed_space, metric, n_trials)
+        objective = make_objective(resolved, parsed_space, metric)
         try:
             run_trials(study, objective, n_trials, timeout, callbacks)
         except KeyboardInterrupt:
