@@ -1,0 +1,494 @@
+"""Small built-in datasets that need no download, plus loaders for user image folders and CSVs.
+
+Every loader returns a :class:`DataSplits`: fixed train / valid / test splits drawn from a seed,
+so a recipe always trains and is scored on the same items. Built-in data are NumPy arrays
+(``x`` float32, ``y`` int64 class indices or a float32 multi-hot matrix); an image folder keeps
+a list of paths and a CSV keeps a DataFrame of feature columns.
+
+Built-in names (``load_dataset(name, **kwargs)``):
+
+- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), ``x`` of shape
+  ``(n, 1, 8, 8)`` scaled to [0, 1].
+- ``mnist1d``: MNIST-1D (Greydanus & Kobak, 2020, https://arxiv.org/abs/2011.14439), generated
+  locally with ``mnist1d.data.make_dataset(get_dataset_args())`` (the standard 4,000 / 1,000
+  train / test split) and cached under the user cache folder; ``x`` of shape ``(n, 1, 40)``.
+- ``longtail``: a class-imbalanced training split of ``mnist1d`` or ``digits`` with an
+  exponential profile (Cui et al., 2019, https://arxiv.org/abs/1901.05555), the largest class
+  ``imbalance`` times the smallest; valid and test stay balanced.
+- ``multilabel``: scikit-learn's ``make_multilabel_classification`` (multi-hot targets).
+- ``synthetic``: scikit-learn's ``make_classification``; tiny, for tests and smoke runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fasttricks._io import atomic_path
+from fasttricks._validate import check_choice, check_range
+
+__all__ = [
+    "DataSplits",
+    "Split",
+    "image_folder",
+    "list_datasets",
+    "load_dataset",
+    "tabular_csv",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _take(x: Any, idx: np.ndarray) -> Any:
+    """Index arrays, DataFrames and lists alike with an integer index array."""
+    if isinstance(x, pd.DataFrame):
+        return x.iloc[idx].reset_index(drop=True)
+    if isinstance(x, np.ndarray):
+        return x[idx]
+    return [x[int(i)] for i in idx]
+
+
+def _concat(a: Any, b: Any) -> Any:
+    if isinstance(a, pd.DataFrame):
+        return pd.concat([a, b], ignore_index=True)
+    if isinstance(a, np.ndarray):
+        return np.concatenate([a, b])
+    return list(a) + list(b)
+
+
+@dataclass
+class Split:
+    """One split of a dataset: inputs ``x`` and targets ``y`` (same length).
+
+    ``x`` is a NumPy array for built-in data, a list of paths for an image folder, or a
+    DataFrame of feature columns for tabular data. ``y`` is an int64 array of class indices
+    (into ``DataSplits.vocab``) or, for multi-label data, a float32 multi-hot matrix.
+    """
+
+    x: Any
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x and y must have the same length, got {len(self.x)} and {len(self.y)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, idx: Sequence[int] | np.ndarray) -> Split:
+        """A new split with the items at positions ``idx`` (repeats allowed, for oversampling)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return Split(_take(self.x, idx), self.y[idx])
+
+
+@dataclass
+class DataSplits:
+    """Fixed train / valid / test splits of one dataset.
+
+    Attributes:
+        train, valid, test: the three :class:`Split` s.
+        vocab: class names, index ``i`` naming class ``i``.
+        multilabel: whether ``y`` is a multi-hot matrix.
+        kind: ``"array"`` (built-in NumPy data), ``"image"`` (paths) or ``"tabular"`` (DataFrame).
+        info: loader-specific extras (e.g. ``cat_names``/``cont_names`` for tabular data,
+            ``size`` for images).
+    """
+
+    train: Split
+    valid: Split
+    test: Split
+    vocab: list
+    multilabel: bool = False
+    kind: str = "array"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes (``len(vocab)``)."""
+        return len(self.vocab)
+
+    def pool(self) -> Split:
+        """Train followed by valid: the pool that k-fold cross-validation splits."""
+        return Split(_concat(self.train.x, self.valid.x), np.concatenate([self.train.y, self.valid.y]))
+
+    def resplit(self, train_idx: Sequence[int], valid_idx: Sequence[int]) -> DataSplits:
+        """A copy whose train / valid are drawn from :meth:`pool` by index; test is unchanged."""
+        pool = self.pool()
+        n = len(pool)
+        for name, idx in (("train_idx", train_idx), ("valid_idx", valid_idx)):
+            arr = np.asarray(idx)
+            if arr.size and (arr.min() < 0 or arr.max() >= n):
+                raise IndexError(f"{name} must index the pool of {n} items, got values in "
+                                 f"[{arr.min()}, {arr.max()}]")
+        return replace(self, train=pool.take(train_idx), valid=pool.take(valid_idx))
+
+    def __repr__(self) -> str:
+        return (f"DataSplits(kind={self.kind!r}, train={len(self.train)}, valid={len(self.valid)}, "
+                f"test={len(self.test)}, classes={len(self.vocab)}, multilabel={self.multilabel})")
+
+
+# --------------------------------------------------------------------------------------------
+# splitting helpers
+
+
+def _stratified_three_way(
+    y: np.ndarray, valid_pct: float, test_pct: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle each class with ``seed`` and cut it into train / valid / test by percentage."""
+    rng = np.random.default_rng(seed)
+    train, valid, test = [], [], []
+    strat = y if y.ndim == 1 else np.zeros(len(y), dtype=np.int64)
+    for c in np.unique(strat):
+        idx = rng.permutation(np.flatnonzero(strat == c))
+        n_test = int(round(len(idx) * test_pct))
+        n_valid = int(round(len(idx) * valid_pct))
+        test.append(idx[:n_test])
+        valid.append(idx[n_test:n_test + n_valid])
+        train.append(idx[n_test + n_valid:])
+    return tuple(np.sort(np.concatenate(parts)) for parts in (train, valid, test))
+
+
+def _carve_valid(y: np.ndarray, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    train, valid, _ = _stratified_three_way(y, valid_pct, 0.0, seed)
+    return train, valid
+
+
+def _check_pcts(valid_pct: float, test_pct: float | None = None) -> None:
+    check_range("valid_pct", valid_pct, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    if test_pct is not None:
+        check_range("test_pct", test_pct, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+        if valid_pct + test_pct >= 1.0:
+            raise ValueError(f"valid_pct + test_pct must be below 1, got {valid_pct} + {test_pct}")
+
+
+# --------------------------------------------------------------------------------------------
+# built-in datasets
+
+
+def digits(valid_pct: float = 0.1, test_pct: float = 0.2, seed: int = 0) -> DataSplits:
+    """scikit-learn's 8x8 digits as ``(n, 1, 8, 8)`` float32 in [0, 1], stratified splits.
+
+    Args:
+        valid_pct: fraction of each class for validation (default 0.1).
+        test_pct: fraction of each class for the test split (default 0.2).
+        seed: seed of the split (the data itself is fixed).
+    """
+    from sklearn.datasets import load_digits
+
+    _check_pcts(valid_pct, test_pct)
+    bunch = load_digits()
+    x = (bunch.images / 16.0).astype(np.float32)[:, None]
+    y = bunch.target.astype(np.int64)
+    tr, va, te = _stratified_three_way(y, valid_pct, test_pct, seed)
+    return DataSplits(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]),
+                      vocab=[str(i) for i in range(10)], info={"name": "digits"})
+
+
+def _cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("fasttricks"))
+
+
+def _mnist1d_arrays() -> dict[str, np.ndarray]:
+    """The standard MNIST-1D arrays (4,000 train, 1,000 test), generated once and cached."""
+    path = _cache_dir() / "mnist1d_standard_v1.npz"
+    if path.exists():
+        try:
+            with np.load(path) as data:
+                return {k: data[k] for k in ("x", "y", "x_test", "y_test")}
+        except (OSError, ValueError, KeyError):
+            logger.warning("ignoring unreadable MNIST-1D cache %s; regenerating it", path)
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    # make_dataset reseeds the global random and NumPy generators: keep the caller's streams.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        raw = make_dataset(get_dataset_args())
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    arrays = {
+        "x": raw["x"].astype(np.float32), "y": raw["y"].astype(np.int64),
+        "x_test": raw["x_test"].astype(np.float32), "y_test": raw["y_test"].astype(np.int64),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return arrays
+
+
+def mnist1d(valid_pct: float = 0.1, seed: int = 0) -> DataSplits:
+    """MNIST-1D on its standard 4,000 / 1,000 train / test split, ``x`` of shape ``(n, 1, 40)``.
+
+    The validation split is carved (stratified) out of the 4,000 training items with ``seed``;
+    the test split is always the standard 1,000. Source: Greydanus & Kobak, "Scaling down deep
+    learning with MNIST-1D" (2020), https://arxiv.org/abs/2011.14439.
+
+    Args:
+        valid_pct: fraction of the training items held out for validation (default 0.1).
+        seed: seed of the train / valid split.
+    """
+    _check_pcts(valid_pct)
+    arr = _mnist1d_arrays()
+    x, y = arr["x"][:, None], arr["y"]
+    tr, va = _carve_valid(y, valid_pct, seed)
+    return DataSplits(Split(x[tr], y[tr]), Split(x[va], y[va]),
+                      Split(arr["x_test"][:, None], arr["y_test"]),
+                      vocab=[str(i) for i in range(10)], info={"name": "mnist1d"})
+
+
+def longtail(
+    base: str = "mnist1d", imbalance: float = 50.0, valid_pct: float = 0.1, seed: int = 0
+) -> DataSplits:
+    """A long-tailed training split: class ``c`` keeps ``n_max * imbalance**(-c / (C - 1))`` items.
+
+    The exponential profile of Cui et al., "Class-Balanced Loss Based on Effective Number of
+    Samples" (CVPR 2019). Valid and test stay balanced, so plain accuracy on them is the
+    class-balanced accuracy. At least one item per class is kept.
+
+    Args:
+        base: ``"mnist1d"`` (default) or ``"digits"``.
+        imbalance: ratio of the largest to the smallest class (default 50, i.e. 50:1).
+        valid_pct: validation fraction passed to the base dataset.
+        seed: seed of the base split and of which items are dropped.
+    """
+    check_choice("base", base, ("mnist1d", "digits"))
+    check_range("imbalance", imbalance, low=1.0)
+    splits = mnist1d(valid_pct, seed) if base == "mnist1d" else digits(valid_pct, 0.2, seed)
+    rng = np.random.default_rng(seed + 1)
+    y = splits.train.y
+    n_classes = len(splits.vocab)
+    n_max = np.bincount(y, minlength=n_classes).max()
+    keep = []
+    for c in range(n_classes):
+        n_c = max(1, int(n_max * imbalance ** (-c / max(n_classes - 1, 1))))
+        idx = np.flatnonzero(y == c)
+        keep.append(rng.permutation(idx)[: min(n_c, len(idx))])
+    keep_idx = np.sort(np.concatenate(keep))
+    info = {"name": "longtail", "base": base, "imbalance": float(imbalance)}
+    return replace(splits, train=splits.train.take(keep_idx), info=info)
+
+
+def multilabel(
+    n_samples: int = 3000,
+    n_features: int = 40,
+    n_classes: int = 10,
+    n_labels: int = 2,
+    valid_pct: float = 0.15,
+    test_pct: float = 0.2,
+    seed: int = 0,
+) -> DataSplits:
+    """A multi-label set from scikit-learn's ``make_multilabel_classification``.
+
+    Features are bag-of-words counts, stored as ``log1p`` and standardised with the training
+    statistics; targets are a float32 multi-hot matrix. The generator and the split use ``seed``.
+
+    Args:
+        n_samples: items in total (default 3,000).
+        n_features: input features (default 40).
+        n_classes: labels (default 10).
+        n_labels: average number of labels per item (default 2).
+        valid_pct, test_pct: split fractions (default 0.15, 0.2).
+        seed: seed of the generator and the split.
+    """
+    from sklearn.datasets import make_multilabel_classification
+
+    _check_pcts(valid_pct, test_pct)
+    x, y = make_multilabel_classification(
+        n_samples=n_samples, n_features=n_features, n_classes=n_classes, n_labels=n_labels,
+        allow_unlabeled=False, random_state=seed,
+    )
+    x = np.log1p(x).astype(np.float32)
+    y = y.astype(np.float32)
+    tr, va, te = _stratified_three_way(y, valid_pct, test_pct, seed)
+    mean, std = x[tr].mean(0), x[tr].std(0) + 1e-6
+    x = (x - mean) / std
+    return DataSplits(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]),
+                      vocab=[f"label_{i}" for i in range(n_classes)], multilabel=True,
+                      info={"name": "multilabel"})
+
+
+def synthetic(
+    n_samples: int = 1000,
+    n_features: int = 20,
+    n_classes: int = 3,
+    n_informative: int = 10,
+    valid_pct: float = 0.2,
+    test_pct: float = 0.2,
+    seed: int = 0,
+) -> DataSplits:
+    """A tabular classification set from scikit-learn's ``make_classification``.
+
+    Args:
+        n_samples: items in total (default 1,000).
+        n_features: input features (default 20), ``n_informative`` of them useful (default 10).
+        n_classes: classes (default 3).
+        valid_pct, test_pct: split fractions (default 0.2 each).
+        seed: seed of the generator and the split.
+    """
+    from sklearn.datasets import make_classification
+
+    _check_pcts(valid_pct, test_pct)
+    x, y = make_classification(
+        n_samples=n_samples, n_features=n_features, n_informative=n_informative,
+        n_redundant=0, n_classes=n_classes, random_state=seed,
+    )
+    x, y = x.astype(np.float32), y.astype(np.int64)
+    tr, va, te = _stratified_three_way(y, valid_pct, test_pct, seed)
+    return DataSplits(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]),
+                      vocab=[str(i) for i in range(n_classes)], info={"name": "synthetic"})
+
+
+# --------------------------------------------------------------------------------------------
+# user data
+
+
+def image_folder(
+    path: str | Path,
+    train: str = "train",
+    valid: str | None = "valid",
+    test: str | None = "test",
+    valid_pct: float = 0.2,
+    size: int = 64,
+    seed: int = 0,
+) -> DataSplits:
+    """Images in fastai's folder convention: ``path/<split>/<class>/<image>``.
+
+    ``path/train`` is required. When ``path/valid`` is missing, ``valid_pct`` of each training
+    class is held out; when ``path/test`` is missing, the validation split doubles as test.
+    Class names come from the training folders, sorted.
+
+    Args:
+        path: the root folder.
+        train, valid, test: sub-folder names (default ``train``, ``valid``, ``test``).
+        valid_pct: held-out fraction when there is no valid folder (default 0.2).
+        size: images are resized to ``size x size`` when the loaders are built (default 64).
+        seed: seed of the held-out split.
+    """
+    root = Path(path)
+    train_dir = root / train
+    if not train_dir.is_dir():
+        raise FileNotFoundError(f"image_folder expects a '{train}' folder in {root}, found none")
+    vocab = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if not vocab:
+        raise ValueError(f"{train_dir} has no class sub-folders")
+    class_idx = {c: i for i, c in enumerate(vocab)}
+
+    def scan(folder: Path) -> Split:
+        xs: list[Path] = []
+        ys: list[int] = []
+        for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if cls.name not in class_idx:
+                raise ValueError(f"class folder {cls} is not one of the training classes {vocab}")
+            for f in sorted(cls.iterdir()):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    xs.append(f)
+                    ys.append(class_idx[cls.name])
+        return Split(xs, np.asarray(ys, dtype=np.int64))
+
+    train_split = scan(train_dir)
+    if valid is not None and (root / valid).is_dir():
+        valid_split = scan(root / valid)
+    else:
+        _check_pcts(valid_pct)
+        tr, va = _carve_valid(train_split.y, valid_pct, seed)
+        train_split, valid_split = train_split.take(tr), train_split.take(va)
+    if test is not None and (root / test).is_dir():
+        test_split = scan(root / test)
+    else:
+        test_split = valid_split
+    return DataSplits(train_split, valid_split, test_split, vocab=vocab, kind="image",
+                      info={"name": "image_folder", "size": int(size)})
+
+
+def tabular_csv(
+    path: str | Path | pd.DataFrame,
+    y_name: str,
+    cat_names: Sequence[str] | None = None,
+    cont_names: Sequence[str] | None = None,
+    valid_pct: float = 0.2,
+    test_pct: float = 0.2,
+    seed: int = 0,
+) -> DataSplits:
+    """A CSV file (or DataFrame) for tabular classification with fastai's ``TabularPandas``.
+
+    Columns not named are inferred: non-numeric ones are categorical, numeric ones continuous.
+
+    Args:
+        path: a CSV path or a DataFrame.
+        y_name: the target column (classes, any dtype).
+        cat_names, cont_names: categorical / continuous columns (default: inferred).
+        valid_pct, test_pct: stratified split fractions (default 0.2 each).
+        seed: seed of the split.
+    """
+    df = path.copy() if isinstance(path, pd.DataFrame) else pd.read_csv(path)
+    if y_name not in df.columns:
+        raise KeyError(f"y_name {y_name!r} is not a column; columns are {list(df.columns)}")
+    features = [c for c in df.columns if c != y_name]
+    for label, names in (("cat_names", cat_names), ("cont_names", cont_names)):
+        for n in names or ():
+            check_choice(label[:-1], n, features)
+    if cat_names is None:
+        named = set(cont_names or ())
+        cat_names = [c for c in features
+                     if c not in named and not pd.api.types.is_numeric_dtype(df[c])]
+    if cont_names is None:
+        cont_names = [c for c in features if c not in set(cat_names)]
+    _check_pcts(valid_pct, test_pct)
+    labels = df[y_name].astype(str)
+    vocab = sorted(labels.unique())
+    y = labels.map({c: i for i, c in enumerate(vocab)}).to_numpy(dtype=np.int64)
+    x = df[list(cat_names) + list(cont_names)].reset_index(drop=True)
+    tr, va, te = _stratified_three_way(y, valid_pct, test_pct, seed)
+    whole = Split(x, y)
+    return DataSplits(whole.take(tr), whole.take(va), whole.take(te), vocab=vocab, kind="tabular",
+                      info={"name": "tabular_csv", "y_name": y_name,
+                            "cat_names": list(cat_names), "cont_names": list(cont_names)})
+
+
+_DATASETS: dict[str, Callable[..., DataSplits]] = {
+    "digits": digits,
+    "mnist1d": mnist1d,
+    "longtail": longtail,
+    "multilabel": multilabel,
+    "synthetic": synthetic,
+    "image_folder": image_folder,
+    "tabular_csv": tabular_csv,
+}
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`load_dataset`."""
+    return sorted(_DATASETS)
+
+
+def dataset_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword arguments the loader ``name`` accepts (used to validate recipes)."""
+    check_choice("dataset", name, list_datasets())
+    return dict(inspect.signature(_DATASETS[name]).parameters)
+
+
+def load_dataset(name: str, **kwargs: Any) -> DataSplits:
+    """Load a dataset by name (see :func:`list_datasets`) with its keyword arguments.
+
+    Example:
+        >>> splits = load_dataset("digits", seed=0)
+        >>> splits.train.x.shape[1:], len(splits.vocab)
+        ((1, 8, 8), 10)
+    """
+    params = dataset_parameters(name)
+    for key in kwargs:
+        check_choice(f"{name} argument", key, list(params))
+    return _DATASETS[name](**kwargs)

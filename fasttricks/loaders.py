@@ -1,0 +1,231 @@
+"""fastai ``DataLoaders`` (train, valid, test) from :class:`~fasttricks.datasets.DataSplits`.
+
+Array data goes through :class:`TensorDataLoader`, a fastai ``DataLoader`` that slices whole
+batches out of tensors held in memory instead of collating items one by one; an epoch of the
+8x8 digits takes milliseconds instead of the per-item Python overhead of fastai's ``Datasets``.
+It still is a fastai ``DataLoader`` (``new``, ``one_batch``, shuffling, ``test_dl``,
+``learn.get_preds`` / ``learn.predict`` and ``dls.vocab`` all work).
+
+Image folders use fastai's ``DataBlock`` (``ImageBlock`` + ``CategoryBlock``) and tabular data
+``TabularPandas``; in every case ``dls[2]`` is the unshuffled test loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastcore.basics import chunked
+
+from fasttricks.datasets import DataSplits, Split
+
+__all__ = ["ArrayDataset", "TensorDataLoader", "array_dataloaders", "splits_dataloaders"]
+
+
+class ArrayDataset:
+    """Inputs and targets as two tensors, with the class names (``vocab``) for decoding.
+
+    Indexing one item returns ``(x[i], y[i])``; :meth:`batch` slices a whole batch at once.
+    """
+
+    n_inp = 1
+
+    def __init__(self, x: Any, y: Any, vocab: Sequence[Any], multilabel: bool = False) -> None:
+        self.x = torch.as_tensor(np.asarray(x))
+        self.y = torch.as_tensor(np.asarray(y))
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x and y must have the same length, got {len(self.x)} and "
+                             f"{len(self.y)}")
+        self.vocab = list(vocab)
+        self.multilabel = multilabel
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The items at ``idx`` as one ``(x, y)`` batch."""
+        return self.x[idx], self.y[idx]
+
+    def decode_target(self, y: Any) -> Any:
+        """A class name (single-label) or the list of present class names (multi-label)."""
+        y = torch.as_tensor(y)
+        if self.multilabel:
+            return [self.vocab[i] for i in torch.nonzero(y > 0.5).flatten().tolist()]
+        return self.vocab[int(y)]
+
+
+class TensorDataLoader(DataLoader):
+    """A fastai ``DataLoader`` over an :class:`ArrayDataset` that builds batches by slicing.
+
+    Any other dataset (e.g. the list of raw items ``learn.predict`` passes through
+    ``dls.test_dl``) falls back to fastai's item-by-item collation, with a bare input wrapped
+    into a one-element tuple so the learner sees ``(x,)``.
+    """
+
+    def create_batches(self, samps: Any):
+        if not isinstance(self.dataset, ArrayDataset):
+            yield from super().create_batches(samps)
+            return
+        order = list(samps)
+        step = len(order) if self.bs is None else self.bs
+        for chunk in chunked(order, step, self.drop_last):
+            yield self.dataset.batch(torch.as_tensor(chunk, dtype=torch.long))
+
+    def create_batch(self, b: Any) -> Any:
+        res = super().create_batch(b)
+        return res if isinstance(res, tuple) else (res,)
+
+    @property
+    def vocab(self) -> list:
+        """Class names, from the array dataset (or the loader this one was made from)."""
+        return getattr(self.dataset, "vocab", None) or self._vocab
+
+    @vocab.setter
+    def vocab(self, value: list) -> None:
+        self._vocab = list(value)
+
+    def decode(self, b: Any) -> Any:
+        return b
+
+    def decode_batch(self, b: Any, max_n: int = 9, full: bool = True) -> list[tuple]:
+        """Split a batch into items, mapping targets / predictions (after the inputs) to names."""
+        decoder = self.dataset if isinstance(self.dataset, ArrayDataset) else None
+        b = b if isinstance(b, tuple) else (b,)
+        n = min(len(b[0]), max_n)
+        out = []
+        for i in range(n):
+            item = [t[i] for t in b]
+            if decoder is not None or getattr(self, "_decoder", None) is not None:
+                dec = decoder or self._decoder
+                item = item[:1] + [dec.decode_target(t) for t in item[1:]]
+            out.append(tuple(item))
+        return out
+
+    def new(self, dataset: Any = None, cls: Any = None, **kwargs: Any) -> TensorDataLoader:
+        res = super().new(dataset, cls, **kwargs)
+        if isinstance(self.dataset, ArrayDataset) and not isinstance(res.dataset, ArrayDataset):
+            res._decoder = self.dataset
+            res._vocab = self.dataset.vocab
+        elif hasattr(self, "_decoder"):
+            res._decoder = self._decoder
+            res._vocab = self._vocab
+        return res
+
+
+def array_dataloaders(
+    splits: DataSplits, bs: int = 64, valid_bs: int | None = None, device: Any = None
+) -> DataLoaders:
+    """(train, valid, test) :class:`TensorDataLoader` s for array splits.
+
+    The training loader shuffles and drops the last incomplete batch (when there is more than
+    one batch), so BatchNorm never sees a batch of one; valid and test keep their order.
+
+    Args:
+        splits: array splits (``kind == "array"``).
+        bs: training batch size (default 64).
+        valid_bs: validation / test batch size (default ``2 * bs``).
+        device: where batches go (default: fastai's ``default_device()``).
+    """
+    from fastai.torch_core import default_device
+
+    valid_bs = valid_bs or 2 * bs
+
+    def ds(split: Split) -> ArrayDataset:
+        return ArrayDataset(split.x, split.y, splits.vocab, splits.multilabel)
+
+    train = TensorDataLoader(ds(splits.train), bs=bs, shuffle=True,
+                             drop_last=len(splits.train) > bs)
+    valid = TensorDataLoader(ds(splits.valid), bs=valid_bs, shuffle=False)
+    test = TensorDataLoader(ds(splits.test), bs=valid_bs, shuffle=False)
+    return DataLoaders(train, valid, test, device=device or default_device())
+
+
+def _image_dataloaders(
+    splits: DataSplits, bs: int, valid_bs: int | None, device: Any
+) -> DataLoaders:
+    from fastai.data.block import CategoryBlock, DataBlock
+    from fastai.data.transforms import ColReader, ColSplitter, IntToFloatTensor, Normalize
+    from fastai.vision.augment import Resize
+    from fastai.vision.core import imagenet_stats
+    from fastai.vision.data import ImageBlock
+
+    pool = splits.pool()
+    df = pd.DataFrame({
+        "path": [str(p) for p in pool.x],
+        "label": [splits.vocab[int(i)] for i in pool.y],
+        "is_valid": [False] * len(splits.train) + [True] * len(splits.valid),
+    })
+    size = int(splits.info.get("size", 64))
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=list(splits.vocab))),
+        get_x=ColReader("path"), get_y=ColReader("label"), splitter=ColSplitter("is_valid"),
+        item_tfms=Resize(size), batch_tfms=[IntToFloatTensor(), Normalize.from_stats(*imagenet_stats)],
+    )
+    dls = block.dataloaders(df, bs=bs, val_bs=valid_bs or 2 * bs, device=device, num_workers=0)
+    test_df = pd.DataFrame({"path": [str(p) for p in splits.test.x],
+                            "label": [splits.vocab[int(i)] for i in splits.test.y]})
+    test = dls.test_dl(test_df, with_labels=True)
+    return DataLoaders(dls.train, dls.valid, test, path=dls.path, device=dls.device)
+
+
+def _tabular_dataloaders(
+    splits: DataSplits, bs: int, valid_bs: int | None, device: Any
+) -> DataLoaders:
+    from fastai.data.block import CategoryBlock
+    from fastai.tabular.core import Categorify, FillMissing, TabularPandas
+    from fastai.data.transforms import Normalize
+
+    info = splits.info
+    y_name = info.get("y_name", "target")
+    pool = splits.pool()
+    df = pool.x.copy()
+    df[y_name] = [splits.vocab[int(i)] for i in pool.y]
+    n_train = len(splits.train)
+    to = TabularPandas(
+        df, procs=[Categorify, FillMissing, Normalize], cat_names=list(info.get("cat_names", [])),
+        cont_names=list(info.get("cont_names", [])), y_names=y_name,
+        y_block=CategoryBlock(vocab=list(splits.vocab)),
+        splits=(list(range(n_train)), list(range(n_train, len(pool)))),
+    )
+    dls = to.dataloaders(bs=bs, val_bs=valid_bs or 2 * bs, device=device)
+    test_df = splits.test.x.copy()
+    test_df[y_name] = [splits.vocab[int(i)] for i in splits.test.y]
+    test = dls.test_dl(test_df, with_labels=True)
+    res = DataLoaders(dls.train, dls.valid, test, path=dls.path, device=dls.device)
+    res.tabular = to
+    return res
+
+
+def splits_dataloaders(
+    splits: DataSplits, bs: int = 64, valid_bs: int | None = None, device: Any = None
+) -> DataLoaders:
+    """(train, valid, test) fastai ``DataLoaders`` for any :class:`DataSplits` kind.
+
+    Args:
+        splits: the data.
+        bs: training batch size (default 64).
+        valid_bs: valid / test batch size (default ``2 * bs``).
+        device: where batches go (default: fastai's ``default_device()``).
+    """
+    from fastai.torch_core import default_device
+
+    device = device or default_device()
+    if splits.kind == "array":
+        dls = array_dataloaders(splits, bs, valid_bs, device)
+    elif splits.kind == "image":
+        dls = _image_dataloaders(splits, bs, valid_bs, device)
+    elif splits.kind == "tabular":
+        dls = _tabular_dataloaders(splits, bs, valid_bs, device)
+    else:
+        raise ValueError(f"unknown DataSplits kind {splits.kind!r}; known: 'array', 'image', "
+                         "'tabular'")
+    dls.splits = splits
+    return dls

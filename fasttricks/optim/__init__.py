@@ -1,0 +1,58 @@
+"""Optimizers by name for fastai and plain PyTorch, with fast foreach Ranger/RangerAdaBelief.
+
+``get_optimizer(name, **overrides)`` returns a fastai ``opt_func``;
+``create_optimizer(model, name, lr, **overrides)`` a plain ``torch.optim.Optimizer``. Names
+live in ``optimizer_config_mapping`` (read-only) and are added with ``register_optimizer``.
+
+Default hyperparameters (fastai's short names):
+
+======================  =====  =======  =====  ====  =========================================
+name                    mom    sqr_mom  eps    wd    notes
+======================  =====  =======  =====  ====  =========================================
+adamw                   0.9    0.99     1e-5   0.01  decoupled wd, also on 1-D params
+ranger, ranger_nogc     0.95   0.99     1e-6   0.01  k=6, alpha=0.5, use_gc=True / False
+rangeradabelief(_nogc)  0.95   0.999    1e-8   0.01  eps: 1e-8 vision, 1e-16 NLP, 1e-12 RL
+sgd / sgd_momentum      0 / 0.9                0     sgd_nesterov: 0.9 + nesterov
+rmsprop                 0.9    0.99     1e-8   0     torch's RMSprop
+======================  =====  =======  =====  ====  =========================================
+
+All but adamw use decoupled weight decay (``true_wd=True``) and no decay on 1-D parameters
+(``bn_wd=False``). When sweeping an Adam-family eps, try 1.0, 0.1 and 0.01.
+
+Example::
+
+    >>> from fasttricks.optim import get_optimizer
+    >>> opt_func = get_optimizer("ranger", eps=1e-6, wd=1e-2)
+    >>> # learn = Learner(dls, model, opt_func=opt_func); learn.fit_flat_cos(5, 3e-3)
+"""
+
+from __future__ import annotations
+
+from ._config import (
+    OptimizerConfig,
+    get_config,
+    list_optimizers,
+    optimizer_config_mapping,
+    register_optimizer,
+)
+from ._decay import WeightDecayRules
+from ._factory import OptFunc, create_optimizer, get_optimizer
+from ._ranger import Ranger, RangerAdaBelief
+from ._torch_optims import SGD, AdamW, RMSprop
+
+__all__ = [
+    "SGD",
+    "AdamW",
+    "OptFunc",
+    "OptimizerConfig",
+    "RMSprop",
+    "Ranger",
+    "RangerAdaBelief",
+    "WeightDecayRules",
+    "create_optimizer",
+    "get_config",
+    "get_optimizer",
+    "list_optimizers",
+    "optimizer_config_mapping",
+    "register_optimizer",
+]
