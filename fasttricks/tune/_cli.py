@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     parser.add_argument("--mlflow", default=None, metavar="URI",
                         help="log every trial to this MLflow tracking URI (needs mlflow)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads per worker (default: half the cores / workers)")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -162,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=1 if is_worker else workers,
             gpus=None if is_worker else args.gpus,
             mlflow=args.mlflow,
+            threads=args.threads,
             write_results=not is_worker,
             progress_prefix=f"[w{args.worker}] " if is_worker else "",
             **options,

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from fasttricks._io import atomic_path, atomic_write_csv, atomic_write_text
+from fasttricks.tune._space import Param, apply_params
 
 __all__ = ["best_recipe", "write_results", "PLOTS"]
 
@@ -34,21 +35,17 @@ def _finished(study: Any) -> list[Any]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def best_recipe(study: Any, recipe: Mapping[str, Any]) -> dict[str, Any]:
-    """``recipe`` with the best trial's sampled values set (via ``set_in_recipe``).
+def best_recipe(study: Any, recipe: Mapping[str, Any], space: Mapping[str, Param]
+                ) -> dict[str, Any]:
+    """``recipe`` with the best trial's sampled values of ``space`` set, as the trial had them.
 
     Raises:
         ValueError: the study has no completed trial yet.
     """
-    from fasttricks.recipes import set_in_recipe
-
     if not _finished(study):
         raise ValueError(f"study {study.study_name!r} has no completed trial yet")
-    best = study.best_trial
-    out = dict(recipe)
-    for key, value in best.params.items():
-        out = set_in_recipe(out, key, value)
-    return out
+    params = study.best_trial.params
+    return apply_params(recipe, space, lambda param: params[param.key])
 
 
 def _to_plain(value: Any) -> Any:
@@ -90,8 +87,8 @@ def _save_plot(study: Any, function_name: str, path: Path) -> Path | None:
     return path
 
 
-def write_results(study: Any, recipe: Mapping[str, Any], out_dir: str | os.PathLike[str]
-                  ) -> dict[str, Path]:
+def write_results(study: Any, recipe: Mapping[str, Any], out_dir: str | os.PathLike[str],
+                  space: Mapping[str, Param]) -> dict[str, Path]:
     """Write ``best.yaml``, ``trials.csv`` and the PNG plots of ``study`` into ``out_dir``.
 
     ``best.yaml`` is the full recipe with the best values, runnable with
@@ -114,7 +111,7 @@ def write_results(study: Any, recipe: Mapping[str, Any], out_dir: str | os.PathL
             f"{study.user_attrs.get('metric', 'value')} = {best.value:.6g}\n"
             f"# train it with: python -m fasttricks.train {out / 'best.yaml'}\n"
         )
-        text = header + yaml.safe_dump(_to_plain(best_recipe(study, recipe)), sort_keys=False)
+        text = header + yaml.safe_dump(_to_plain(best_recipe(study, recipe, space)), sort_keys=False)
         written["best"] = atomic_write_text(out / "best.yaml", text)
     else:
         _log.warning("study %r has no completed trial: no best.yaml", study.study_name)

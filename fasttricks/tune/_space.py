@@ -9,7 +9,26 @@ A search space is YAML (or a mapping) from a dotted recipe key to a parameter sp
 Types are ``float`` (``low``, ``high``, optional ``log`` or ``step``), ``int`` (``low``,
 ``high``, optional ``log`` or ``step``, default step 1), ``categorical`` (``choices``: strings,
 numbers, booleans or null) and ``bool`` (shorthand for ``categorical`` with ``[false, true]``).
-Every spec is checked when the space is loaded, so a typo fails before any trial runs.
+
+Two forms switch whole parts of a recipe:
+
+- ``choices`` may be a mapping from a label to any recipe value; the label is sampled and its
+  value set, e.g. a whole loss section::
+
+      loss:
+        type: categorical
+        choices:
+          weighted_ce: {name: weighted_cross_entropy, weights: sqrt_inv}
+          focal: {name: focal, gamma: 2.0, alpha: sqrt_inv}
+
+- ``callbacks.<name>: {type: bool}`` adds (true) or removes (false) the registered callback
+  ``<name>`` (``ema``, ``sam``...) with its default options.
+
+Keys are set in this order: sections and ``*.name`` keys first, then callback switches, then
+the rest in file order. A key the trial's recipe does not accept after that (``optimizer.eps``
+when ``sgd`` was sampled, which has no eps) is not sampled in that trial: Optuna's
+define-by-run spaces handle such conditional parameters. Every spec is checked when the space
+is loaded, so a typo fails before any trial runs.
 """
 
 from __future__ import annotations
@@ -25,7 +44,17 @@ import yaml
 
 from fasttricks._validate import ChoiceError, check_choice, closest
 
-__all__ = ["Param", "load_space", "check_space_keys", "default_space_path"]
+__all__ = [
+    "Param",
+    "accepts",
+    "apply_params",
+    "apply_value",
+    "check_space_keys",
+    "default_space_path",
+    "load_space",
+    "ordered",
+    "space_spec",
+]
 
 PARAM_TYPES = ("float", "int", "categorical", "bool")
 _FIELDS = {
@@ -57,6 +86,20 @@ class Param:
     log: bool = False
     step: float | int | None = None
     choices: tuple[Any, ...] | None = None
+    values: tuple[Any, ...] | None = None
+
+    def value_of(self, sampled: Any) -> Any:
+        """The recipe value of a sampled choice (the preset behind a label, else itself)."""
+        if self.values is None:
+            return sampled
+        return self.values[self.choices.index(sampled)]
+
+    @property
+    def is_callback_switch(self) -> bool:
+        """True for ``callbacks.<name>: {type: bool}`` (adds or removes a callback)."""
+        parts = self.key.split(".")
+        return (len(parts) == 2 and parts[0] == "callbacks" and not parts[1].lstrip("-").isdigit()
+                and self.choices == (False, True))
 
     def distribution(self) -> Any:
         """The equivalent ``optuna.distributions`` object."""
@@ -85,7 +128,7 @@ class Param:
                                    step=self.step, log=self.log)
 
     def candidates(self) -> tuple[Any, ...]:
-        """Values worth checking against a recipe: every choice, or both bounds."""
+        """Sampled values worth checking against a recipe: every choice, or both bounds."""
         if self.type == "categorical":
             return tuple(self.choices or ())
         return (self.low, self.high)
@@ -131,8 +174,20 @@ def _parse_param(key: Any, spec: Any) -> Param:
         return Param(key, "categorical", choices=(False, True))
     if kind == "categorical":
         choices = spec.get("choices")
+        if isinstance(choices, Mapping):
+            if len(choices) == 0:
+                raise ValueError(
+                    f"search space {key!r}: choices is empty; give at least one value")
+            labels = tuple(choices)
+            for label in labels:
+                if not isinstance(label, str):
+                    raise ValueError(f"search space {key!r}: a preset label must be a string, "
+                                     f"got {label!r}")
+            return Param(key, "categorical", choices=labels,
+                         values=tuple(choices[label] for label in labels))
         if not isinstance(choices, Sequence) or isinstance(choices, str):
-            raise ValueError(f"search space {key!r}: choices must be a list, got {choices!r}")
+            raise ValueError(f"search space {key!r}: choices must be a list (or a mapping of "
+                             f"labels to values), got {choices!r}")
         if len(choices) == 0:
             raise ValueError(f"search space {key!r}: choices is empty; give at least one value")
         for choice in choices:
@@ -211,6 +266,25 @@ def load_space(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, 
     return {key: _parse_param(key, spec) for key, spec in raw.items()}
 
 
+def space_spec(space: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
+    """The YAML-ready mapping of ``space`` (``load_space(space_spec(s)) == s``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, param in space.items():
+        if param.type == "categorical" and param.values is not None:
+            out[key] = {"type": "categorical",
+                        "choices": dict(zip(param.choices or (), param.values))}
+        elif param.type == "categorical":
+            out[key] = {"type": "categorical", "choices": list(param.choices or ())}
+        else:
+            spec: dict[str, Any] = {"type": param.type, "low": param.low, "high": param.high}
+            if param.log:
+                spec["log"] = True
+            if param.step is not None:
+                spec["step"] = param.step
+            out[key] = spec
+    return out
+
+
 def _dotted_keys(tree: Any, prefix: str = "") -> list[str]:
     keys = []
     if isinstance(tree, Mapping):
@@ -221,36 +295,116 @@ def _dotted_keys(tree: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+def ordered(space: Mapping[str, Param]) -> list[Param]:
+    """Parameters in the order they are set: sections and ``*.name`` first, then callback
+    switches, then the rest in space order (so conditional keys see the sampled name)."""
+
+    def rank(param: Param) -> int:
+        if "." not in param.key or param.key.endswith(".name"):
+            return 0
+        return 1 if param.is_callback_switch else 2
+
+    return sorted(space.values(), key=rank)
+
+
+def _switch_callback(recipe: Mapping[str, Any], name: str, on: bool) -> dict[str, Any]:
+    from fasttricks.recipes import set_in_recipe
+
+    entries = [dict(e) for e in recipe.get("callbacks") or []]
+    present = [e for e in entries if e.get("name") == name]
+    if on and not present:
+        entries.append({"name": name})
+    if not on:
+        entries = [e for e in entries if e.get("name") != name]
+    return set_in_recipe(recipe, "callbacks", entries)
+
+
+def apply_value(recipe: Mapping[str, Any], param: Param, sampled: Any) -> dict[str, Any]:
+    """A copy of ``recipe`` with ``param`` set to the sampled value (validated by the recipe)."""
+    from fasttricks.recipes import set_in_recipe
+
+    if param.is_callback_switch:
+        return _switch_callback(recipe, param.key.split(".", 1)[1], bool(sampled))
+    return set_in_recipe(recipe, param.key, param.value_of(sampled))
+
+
+def accepts(recipe: Mapping[str, Any], param: Param) -> bool:
+    """Whether ``recipe`` has ``param.key`` at all (values aside): False for a conditional key
+    such as ``optimizer.eps`` when the recipe's optimizer takes no eps."""
+    for sampled in param.candidates():
+        try:
+            apply_value(recipe, param, sampled)
+            return True
+        except KeyError:
+            return False
+        except (ValueError, TypeError):
+            continue
+    return True
+
+
+def apply_params(recipe: Mapping[str, Any], space: Mapping[str, Param],
+                 sample: Any) -> dict[str, Any]:
+    """Set every parameter of ``space`` in ``recipe``, in :func:`ordered` order.
+
+    ``sample(param)`` returns the sampled value (e.g. ``param.suggest(trial)``, or a stored
+    trial's ``params[param.key]``); it is not called for keys the recipe does not accept
+    after the earlier values were set.
+    """
+    out = dict(recipe)
+    for param in ordered(space):
+        if not accepts(out, param):
+            continue
+        out = apply_value(out, param, sample(param))
+    return out
+
+
 def check_space_keys(space: Mapping[str, Param], recipe: Mapping[str, Any]) -> None:
     """Check that every key of ``space`` exists in ``recipe`` and accepts its values.
 
     Each candidate value (every choice, or both bounds) goes through
     ``fasttricks.recipes.set_in_recipe``, so a key the recipe schema does not know, or a choice
-    the recipe rejects (an unknown optimizer name...), fails before any trial runs.
+    the recipe rejects (an unknown optimizer name...), fails before any trial runs. A key that
+    exists only for some choices of a ``*.name`` key (``optimizer.eps`` with ``sgd`` as the
+    recipe's optimizer but ``adamw`` among the choices) is valid if one of them accepts it.
 
     Raises:
         KeyError: a key is not in the recipe; names the closest existing key.
         ValueError: the recipe rejects a candidate value; echoes key, value and the reason.
     """
-    from fasttricks.recipes import set_in_recipe
-
     known = _dotted_keys(recipe)
-    for key, param in space.items():
-        for value in param.candidates():
+    variants = [dict(recipe)]
+    for param in ordered(space):
+        if param.type == "categorical" and ("." not in param.key or param.key.endswith(".name")):
+            for sampled in param.candidates():
+                try:
+                    variants.append(apply_value(recipe, param, sampled))
+                except (KeyError, ValueError, TypeError):
+                    pass
+    for param in space.values():
+        hosts = [v for v in variants if accepts(v, param)]
+        if not hosts:
             try:
-                set_in_recipe(recipe, key, value)
+                apply_value(recipe, param, param.candidates()[0])
             except KeyError as err:
-                hint = closest(key, known)
+                hint = closest(param.key, known)
                 raise ChoiceError(
-                    f"search space key {key!r} is not a key of recipe "
+                    f"search space key {param.key!r} is not a key of recipe "
                     f"{recipe.get('name', '?')!r} ({_reason(err)}); top-level sections: "
                     f"{', '.join(map(str, recipe))}"
                     + (f". Did you mean {hint!r}?" if hint else "")
                 ) from None
-            except (ValueError, TypeError) as err:
+        for sampled in param.candidates():
+            errors = []
+            for variant in hosts:
+                try:
+                    apply_value(variant, param, sampled)
+                    break
+                except (KeyError, ValueError, TypeError) as err:
+                    errors.append(err)
+            else:
                 raise ValueError(
-                    f"search space {key!r}: the recipe rejects the value {value!r}: "
-                    f"{_reason(err)}"
+                    f"search space {param.key!r}: the recipe rejects the value "
+                    f"{param.value_of(sampled)!r}: {_reason(errors[0])}"
                 ) from None
 
 

@@ -21,7 +21,13 @@ from typing import Any
 from fasttricks._validate import check_choice, check_range
 from fasttricks.tune._progress import TrialProgress
 from fasttricks.tune._pruners import describe_pruner, make_pruner, recipe_epochs
-from fasttricks.tune._space import Param, check_space_keys, default_space_path, load_space
+from fasttricks.tune._space import (
+    Param,
+    apply_params,
+    check_space_keys,
+    default_space_path,
+    load_space,
+)
 from fasttricks.tune._storage import make_storage, storage_kind
 
 __all__ = ["tune", "make_sampler", "SAMPLERS", "DIRECTIONS", "resolve_metric", "prepare_study"]
@@ -195,17 +201,38 @@ def _heartbeat_enabled(study: Any) -> bool:
     return is_heartbeat_enabled(study._storage)
 
 
+def default_threads(workers: int = 1) -> int:
+    """CPU threads per worker: ``max(1, cpu_count // (2 * workers))``.
+
+    Small models gain little from more threads, and an oversubscribed CPU (more busy threads
+    than cores, e.g. on a shared machine) makes PyTorch's OpenMP threads spin and slows
+    training by an order of magnitude; half the cores leaves room for the data pipeline.
+    """
+    return max(1, (os.cpu_count() or 1) // (2 * max(1, workers)))
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    check_range("threads", n, low=1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def make_objective(recipe: Mapping[str, Any], space: Mapping[str, Param], metric: str) -> Any:
     """The Optuna objective: sample ``space`` into ``recipe``, build, fit, return ``metric``."""
-    from fasttricks.recipes import build_learner, fit_learner, set_in_recipe
+    from fasttricks.recipes import build_learner, fit_learner
     from fasttricks.tune._callback import PruningCallback
 
     def objective(trial: Any) -> float:
         import optuna
 
-        trial_recipe = dict(recipe)
-        for key, param in space.items():
-            trial_recipe = set_in_recipe(trial_recipe, key, param.suggest(trial))
+        trial_recipe = apply_params(recipe, space, lambda param: param.suggest(trial))
         pruning = PruningCallback(trial, monitor=metric, max_steps=recipe_epochs(trial_recipe))
         learn = build_learner(trial_recipe)
         try:
@@ -311,12 +338,9 @@ def prepare_study(
 
 
 def _param_dict(param: Param) -> dict[str, Any]:
-    out = {"type": param.type}
-    if param.type == "categorical":
-        out["choices"] = list(param.choices or ())
-    else:
-        out.update(low=param.low, high=param.high, log=param.log, step=param.step)
-    return out
+    from fasttricks.tune._space import space_spec
+
+    return space_spec({param.key: param})[param.key]
 
 
 def run_trials(study: Any, objective: Any, n_trials: int, timeout: float | None = None,
@@ -384,6 +408,7 @@ def tune(
     progress: bool = True,
     write_results: bool = True,
     progress_prefix: str = "",
+    threads: int | None = None,
 ) -> Any:
     """Tune ``recipe`` over ``space`` with Optuna; returns the ``optuna.Study``.
 
@@ -413,6 +438,8 @@ def tune(
         root: the folder of study folders, default ``runs``.
         progress: print one line per trial and the pruner plan (default True).
         write_results: write ``best.yaml``, ``trials.csv`` and plots at the end (default True).
+        threads: torch CPU threads per worker while training (default
+            :func:`default_threads`: half the cores divided among the workers, at least 1).
 
     Raises:
         KeyError: unknown pruner, sampler or direction, or a space key not in the recipe.
@@ -447,7 +474,8 @@ def tune(
             study, resolved, parsed_space, out, n_workers=workers, gpus=gpus,
             args=dict(pruner=pruner, sampler=sampler, n_trials=n_trials, timeout=timeout,
                       metric=metric, direction=study.direction.name.lower(), storage=storage,
-                      seed=seed, heartbeat=heartbeat, max_retry=max_retry, mlflow=mlflow),
+                      seed=seed, heartbeat=heartbeat, max_retry=max_retry, mlflow=mlflow,
+                      threads=threads if threads is not None else default_threads(workers)),
             root=root,
         )
     else:
@@ -458,14 +486,15 @@ def tune(
             callbacks.append(mlflow_logger)
         objective = make_objective(resolved, parsed_space, metric)
         try:
-            run_trials(study, objective, n_trials, timeout, callbacks)
+            with _torch_threads(threads if threads is not None else default_threads(1)):
+                run_trials(study, objective, n_trials, timeout, callbacks)
         except KeyboardInterrupt:
             # Optuna has already recorded the running trial as FAIL.
             if write_results:
-                _write_results(study, resolved, out)
+                _write_results(study, resolved, out, parsed_space)
             raise
     if write_results:
-        written = _write_results(study, resolved, out)
+        written = _write_results(study, resolved, out, parsed_space)
         if progress:
             _print_summary(study, metric, written)
     return study

@@ -25,7 +25,7 @@ import yaml
 
 from fasttricks._io import atomic_write_text
 from fasttricks._validate import check_range
-from fasttricks.tune._space import Param
+from fasttricks.tune._space import Param, space_spec
 from fasttricks.tune._storage import default_journal_path, storage_kind
 
 __all__ = ["launch_workers", "worker_env", "STOP_GRACE_SECONDS"]
@@ -48,18 +48,7 @@ def worker_env(index: int, gpus: Sequence[str] | None) -> dict[str, str]:
 
 
 def _space_yaml(space: Mapping[str, Param]) -> str:
-    out: dict[str, Any] = {}
-    for key, param in space.items():
-        if param.type == "categorical":
-            out[key] = {"type": "categorical", "choices": list(param.choices or ())}
-        else:
-            spec: dict[str, Any] = {"type": param.type, "low": param.low, "high": param.high}
-            if param.log:
-                spec["log"] = True
-            if param.step is not None:
-                spec["step"] = param.step
-            out[key] = spec
-    return yaml.safe_dump(out, sort_keys=False)
+    return yaml.safe_dump(space_spec(space), sort_keys=False)
 
 
 def _command(index: int, study: Any, recipe_path: Path, space_path: Path, storage: str,
@@ -76,7 +65,8 @@ def _command(index: int, study: Any, recipe_path: Path, space_path: Path, storag
     if args.get("seed") is not None:
         cmd += ["--seed", str(args["seed"] + index)]
     for flag, key in (("--timeout", "timeout"), ("--heartbeat", "heartbeat"),
-                      ("--max-retry", "max_retry"), ("--mlflow", "mlflow")):
+                      ("--max-retry", "max_retry"), ("--mlflow", "mlflow"),
+                      ("--threads", "threads")):
         if args.get(key) is not None:
             cmd += [flag, str(args[key])]
     return cmd
