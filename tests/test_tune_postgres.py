@@ -1,8 +1,8 @@
 """Real PostgreSQL: several worker processes share one study; a killed worker's trial is retried.
 
-The server is a throw-away cluster (``pg_cluster.py``). These tests use a tiny synthetic
-objective (a few short "epochs") so that the storage machinery, not training, is what is tested;
-``test_tune_study.py`` runs real recipes through the command line against the same cluster.
+The server is a throw-away cluster (``pg_cluster.py``). The first test uses a synthetic
+objective (a few short "epochs") so that the storage machinery alone is tested; the second runs
+the digits recipe through the command line with two workers and kills one mid-trial.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def test_two_workers_share_a_study_without_duplicates(postgres_url):
     url = _fresh_db(postgres_url, "two_workers")
     procs = [_start_worker(url, 8, 2, 0.05, seed) for seed in (1, 2)]
     outputs = [proc.communicate(timeout=180) for proc in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     study = _load(url)
     trials = study.trials
@@ -108,37 +108,51 @@ def test_two_workers_share_a_study_without_duplicates(postgres_url):
     assert _load(url).best_value == pytest.approx(best.value)
 
 
-def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(postgres_url):
-    url = _fresh_db(postgres_url, "kill_worker")
-    n_trials = 6
-    procs = [_start_worker(url, n_trials, 6, 0.25, seed) for seed in (3, 4)]
-    pids = {proc.pid: proc for proc in procs}
-    victim_trial = None
-    deadline = time.monotonic() + 120
-    while victim_trial is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+def _tiny_recipe(tmp_path, epochs):
+    import yaml
+
+    recipe = yaml.safe_load((REPO / "recipes" / "digits.yaml").read_text())
+    recipe["schedule"]["epochs"] = epochs
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "tiny.space.yaml").write_text(yaml.safe_dump({
+        "optimizer.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+    }))
+
+
+def test_cli_workers_on_postgres_survive_a_killed_worker(postgres_url, tmp_path):
+    """The command line end to end: 2 workers, heartbeat 1 s, one SIGKILLed mid-trial."""
+    url = _fresh_db(postgres_url, "cli_workers")
+    _tiny_recipe(tmp_path, epochs=8)
+    n_trials = 4
+    env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="Agg")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "fasttricks.tune", "--recipe", "tiny.yaml", "--storage", url,
+         "--study-name", "cli", "--workers", "2", "--n-trials", str(n_trials), "--pruner",
+         "none", "--heartbeat", "1", "--max-retry", "1", "--threads", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    victim = None
+    deadline = time.monotonic() + 240
+    while victim is None and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.1)
         try:
-            running = _load(url).get_trials(states=(TrialState.RUNNING,))
-        except KeyError:  # study not created yet
+            study = optuna.load_study(study_name="cli", storage=url)
+        except KeyError:
             continue
-        for trial in running:
-            pid = int(str(trial.user_attrs.get("worker", ":0")).rsplit(":", 1)[1])
-            if pid in pids and len(trial.intermediate_values) >= 1:
-                os.kill(pid, signal.SIGKILL)  # mid-trial: one epoch reported, five to go
-                victim_trial, victim_pid = trial.number, pid
+        for trial in study.get_trials(states=(TrialState.RUNNING,)):
+            if len(trial.intermediate_values) >= 1 and "worker" in trial.user_attrs:
+                pid = int(trial.user_attrs["worker"].rsplit(":", 1)[1])
+                os.kill(pid, signal.SIGKILL)
+                victim = trial.number
                 break
-    assert victim_trial is not None, "no running trial to kill"
-    pids[victim_pid].wait(timeout=30)
-    survivor = next(p for pid, p in pids.items() if pid != victim_pid)
-    out, err = survivor.communicate(timeout=180)
-    assert survivor.returncode == 0, err
-    trials = _load(url).trials
-    by_number = {t.number: t for t in trials}
-    assert by_number[victim_trial].state == TrialState.FAIL  # failed by the heartbeat check
-    retries = [t for t in trials if t.system_attrs.get("failed_trial") == victim_trial]
-    assert len(retries) == 1
-    assert retries[0].state == TrialState.COMPLETE
-    assert retries[0].params == by_number[victim_trial].params  # the same point, re-run
+    assert victim is not None, "no running trial to kill"
+    out, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, err
+    assert "ended with signal 9" in out
+    trials = optuna.load_study(study_name="cli", storage=url).trials
+    assert trials[victim].state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == victim]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == n_trials
-    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert (tmp_path / "runs" / "cli" / "best.yaml").is_file()

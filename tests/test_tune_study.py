@@ -187,3 +187,43 @@ def test_cli_with_two_workers_on_the_journal_file(tmp_path):
     assert len({t.number for t in study.trials}) == len(study.trials)
     assert (out / "best.yaml").is_file() and (out / "trials.csv").is_file()
     assert load_space(out / "space.yaml").keys() == SPACE.keys()
+
+
+def test_ctrl_c_marks_the_running_trial_failed_and_keeps_the_rest(tmp_path):
+    import signal
+    import time
+
+    recipe = yaml.safe_load((REPO / "recipes" / "digits.yaml").read_text())
+    recipe["schedule"]["epochs"] = 30  # long enough to be interrupted mid-trial
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(recipe))
+    (tmp_path / "long.space.yaml").write_text(yaml.safe_dump(SPACE))
+    env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="Agg")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fasttricks.tune", "--recipe", "long.yaml", "--study-name",
+         "long", "--n-trials", "3", "--pruner", "none", "--threads", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    storage = None
+    interrupted = None
+    deadline = time.monotonic() + 120
+    while interrupted is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if not (tmp_path / "runs" / "long" / "journal.log").exists():
+            continue
+        storage = storage or make_storage(None, "long", root=tmp_path / "runs")
+        try:
+            running = optuna.load_study(study_name="long", storage=storage).get_trials(
+                states=(TrialState.RUNNING,))
+        except KeyError:
+            continue
+        if running and len(running[0].intermediate_values) >= 2:
+            proc.send_signal(signal.SIGINT)
+            interrupted = running[0].number
+    out, err = proc.communicate(timeout=120)
+    assert interrupted is not None, err
+    assert proc.returncode == 130, err
+    assert "re-run the same command to resume" in err
+    study = optuna.load_study(study_name="long", storage=storage)
+    assert study.trials[interrupted].state == TrialState.FAIL
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert (tmp_path / "runs" / "long" / "trials.csv").is_file()

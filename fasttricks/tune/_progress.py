@@ -24,7 +24,7 @@ class TrialProgress:
 
     Example line::
 
-        trial   4 PRUNED    accuracy=0.9123 epochs  3/9    4.1s  optimizer.lr=0.0012 | best #2 0.9611
+        trial   4 PRUNED   accuracy=0.9123 epochs  3/9    4.1s  optimizer.lr=0.0012 | best #2 0.96
 
     Args:
         metric: the name printed before the value.

@@ -111,7 +111,8 @@ def write_results(study: Any, recipe: Mapping[str, Any], out_dir: str | os.PathL
             f"{study.user_attrs.get('metric', 'value')} = {best.value:.6g}\n"
             f"# train it with: python -m fasttricks.train {out / 'best.yaml'}\n"
         )
-        text = header + yaml.safe_dump(_to_plain(best_recipe(study, recipe, space)), sort_keys=False)
+        best_values = _to_plain(best_recipe(study, recipe, space))
+        text = header + yaml.safe_dump(best_values, sort_keys=False)
         written["best"] = atomic_write_text(out / "best.yaml", text)
     else:
         _log.warning("study %r has no completed trial: no best.yaml", study.study_name)

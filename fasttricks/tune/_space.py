@@ -272,7 +272,7 @@ def space_spec(space: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
     for key, param in space.items():
         if param.type == "categorical" and param.values is not None:
             out[key] = {"type": "categorical",
-                        "choices": dict(zip(param.choices or (), param.values))}
+                        "choices": dict(zip(param.choices or (), param.values, strict=True))}
         elif param.type == "categorical":
             out[key] = {"type": "categorical", "choices": list(param.choices or ())}
         else:

@@ -463,41 +463,58 @@ def tune(
         print(f"study {study.study_name!r}: {done}/{n_trials} trials finished, "
               f"{study.direction.name.lower()} {metric}", flush=True)
         print(describe_pruner(study.pruner), flush=True)
-    if mlflow is not None:
-        from fasttricks.tune._mlflow import MLflowLogger
-
-        mlflow_logger = MLflowLogger(mlflow, study.study_name, metric)
-    if workers > 1 or gpus:
-        from fasttricks.tune._workers import launch_workers
-
-        launch_workers(
-            study, resolved, parsed_space, out, n_workers=workers, gpus=gpus,
-            args=dict(pruner=pruner, sampler=sampler, n_trials=n_trials, timeout=timeout,
-                      metric=metric, direction=study.direction.name.lower(), storage=storage,
-                      seed=seed, heartbeat=heartbeat, max_retry=max_retry, mlflow=mlflow,
-                      threads=threads if threads is not None else default_threads(workers)),
-            root=root,
-        )
-    else:
-        callbacks: list[Any] = []
-        if progress:
-            callbacks.append(TrialProgress(metric, recipe_epochs(resolved), progress_prefix))
+    with _optuna_log_level(optuna.logging.WARNING if progress else None):
         if mlflow is not None:
-            callbacks.append(mlflow_logger)
-        objective = make_objective(resolved, parsed_space, metric)
-        try:
-            with _torch_threads(threads if threads is not None else default_threads(1)):
-                run_trials(study, objective, n_trials, timeout, callbacks)
-        except KeyboardInterrupt:
-            # Optuna has already recorded the running trial as FAIL.
-            if write_results:
-                _write_results(study, resolved, out, parsed_space)
-            raise
-    if write_results:
-        written = _write_results(study, resolved, out, parsed_space)
-        if progress:
-            _print_summary(study, metric, written)
+            from fasttricks.tune._mlflow import MLflowLogger
+
+            mlflow_logger = MLflowLogger(mlflow, study.study_name, metric)
+        if workers > 1 or gpus:
+            from fasttricks.tune._workers import launch_workers
+
+            launch_workers(
+                study, resolved, parsed_space, out, n_workers=workers, gpus=gpus,
+                args=dict(pruner=pruner, sampler=sampler, n_trials=n_trials, timeout=timeout,
+                          metric=metric, direction=study.direction.name.lower(), storage=storage,
+                          seed=seed, heartbeat=heartbeat, max_retry=max_retry, mlflow=mlflow,
+                          threads=threads if threads is not None else default_threads(workers)),
+                root=root,
+            )
+        else:
+            callbacks: list[Any] = []
+            if progress:
+                callbacks.append(TrialProgress(metric, recipe_epochs(resolved), progress_prefix))
+            if mlflow is not None:
+                callbacks.append(mlflow_logger)
+            objective = make_objective(resolved, parsed_space, metric)
+            try:
+                with _torch_threads(threads if threads is not None else default_threads(1)):
+                    run_trials(study, objective, n_trials, timeout, callbacks)
+            except KeyboardInterrupt:
+                # Optuna has already recorded the running trial as FAIL.
+                if write_results:
+                    _write_results(study, resolved, out, parsed_space)
+                raise
+        if write_results:
+            written = _write_results(study, resolved, out, parsed_space)
+            if progress:
+                _print_summary(study, metric, written)
     return study
+
+
+@contextlib.contextmanager
+def _optuna_log_level(level: int | None) -> Iterator[None]:
+    """Optuna's own INFO line per trial would repeat ours: raise its level while we print."""
+    import optuna
+
+    if level is None:
+        yield
+        return
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def _print_summary(study: Any, metric: str, written: Mapping[str, Path]) -> None:
