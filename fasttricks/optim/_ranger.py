@@ -64,11 +64,17 @@ def _rectification(step: int, beta2: float) -> float | None:
     return math.sqrt(num / den)
 
 
-class _Bucket:
-    """Parameters of one group that share device, dtype and step: one set of foreach calls."""
+# Elements per cache block: the update runs block by block, so the ~10 elementwise passes of one
+# step re-read a block from cache instead of memory (2**18 floats = 1 MiB per buffer).
+BLOCK_NUMEL = 2**18
+
+
+class _Block:
+    """Slices of parameters (same group, device, dtype and step) updated by one set of foreach
+    calls. Rows of a parameter are never split, so centralization can work block by block."""
 
     __slots__ = ("params", "grads", "exp_avgs", "exp_avg_sqs", "slow", "gc_grads", "gc_dims",
-                 "wd_params", "wd_grads")
+                 "wd_params", "wd_grads", "numel")
 
     def __init__(self) -> None:
         self.params: list[Tensor] = []
@@ -80,6 +86,41 @@ class _Bucket:
         self.gc_dims: list[tuple[int, ...]] = []
         self.wd_params: list[Tensor] = []
         self.wd_grads: list[Tensor] = []
+        self.numel = 0
+
+    def add(self, tensors: tuple[Tensor, ...], gc_dims: tuple[int, ...] | None, wd: bool) -> None:
+        p, g, m, s, w = tensors
+        self.params.append(p)
+        self.grads.append(g)
+        self.exp_avgs.append(m)
+        self.exp_avg_sqs.append(s)
+        self.slow.append(w)
+        if gc_dims is not None:
+            self.gc_grads.append(g)
+            self.gc_dims.append(gc_dims)
+        if wd:
+            self.wd_params.append(p)
+            self.wd_grads.append(g)
+        self.numel += p.numel()
+
+
+def _row_slices(
+    tensors: tuple[Tensor, ...], block_numel: int
+) -> list[tuple[tuple[Tensor, ...], bool]]:
+    """Split same-shape contiguous tensors into row blocks of about ``block_numel`` elements.
+
+    Returns ``(slices, is_2d_view)`` pairs; tensors that are not all contiguous are returned
+    whole (``is_2d_view`` False).
+    """
+    first = tensors[0]
+    if first.numel() <= block_numel or not all(t.is_contiguous() for t in tensors):
+        return [(tensors, False)]
+    rows = first.shape[0] if first.ndim > 1 else first.numel()
+    row_numel = first.numel() // rows
+    step = max(1, block_numel // row_numel)
+    views = [t.view(rows, row_numel) for t in tensors]
+    parts = [v.split(step, dim=0) for v in views]
+    return [(tuple(part[i] for part in parts), True) for i in range(len(parts[0]))]
 
 
 class _RangerBase(torch.optim.Optimizer):
@@ -109,9 +150,12 @@ class _RangerBase(torch.optim.Optimizer):
         if isinstance(params, Tensor):
             params = [params]
         super().__init__(params, defaults)
+        #: elements per cache block (see BLOCK_NUMEL); results do not depend on it
+        self.block_numel = BLOCK_NUMEL
 
-    def _buckets(self, group: dict[str, Any]) -> dict[tuple[Any, ...], _Bucket]:
-        buckets: dict[tuple[Any, ...], _Bucket] = {}
+    def _blocks(self, group: dict[str, Any]) -> dict[tuple[Any, ...], list[_Block]]:
+        """Cache blocks of the group's parameters with gradients, keyed by device/dtype/step."""
+        blocks: dict[tuple[Any, ...], list[_Block]] = {}
         use_gc, bn_wd, wd = group["use_gc"], group["bn_wd"], group["weight_decay"]
         for p in group["params"]:
             grad = p.grad
@@ -124,24 +168,21 @@ class _RangerBase(torch.optim.Optimizer):
                 state["step"] = 0
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["slow_buffer"] = p.detach().clone()
+                state["slow_buffer"] = p.detach().clone(memory_format=torch.preserve_format)
             key = (p.device, p.dtype, state["step"])
-            bucket = buckets.get(key)
-            if bucket is None:
-                bucket = buckets[key] = _Bucket()
-            bucket.params.append(p)
-            bucket.grads.append(grad)
-            bucket.exp_avgs.append(state["exp_avg"])
-            bucket.exp_avg_sqs.append(state["exp_avg_sq"])
-            bucket.slow.append(state["slow_buffer"])
-            if use_gc and p.ndim > 1:
-                bucket.gc_grads.append(grad)
-                bucket.gc_dims.append(tuple(range(1, p.ndim)))
-            if wd != 0 and decays(p, bn_wd):
-                bucket.wd_params.append(p)
-                bucket.wd_grads.append(grad)
             state["step"] += 1
-        return buckets
+            chain = blocks.get(key)
+            if chain is None:
+                chain = blocks[key] = [_Block()]
+            tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"], state["slow_buffer"])
+            gc = use_gc and p.ndim > 1
+            decay = wd != 0 and decays(p, bn_wd)
+            for pieces, is_view in _row_slices(tensors, self.block_numel):
+                if chain[-1].numel >= self.block_numel:
+                    chain.append(_Block())
+                gc_dims = ((1,) if is_view else tuple(range(1, p.ndim))) if gc else None
+                chain[-1].add(pieces, gc_dims, decay)
+        return blocks
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -155,11 +196,12 @@ class _RangerBase(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for (_, _, prev_step), bucket in self._buckets(group).items():
-                self._update(group, bucket, prev_step + 1)
+            for (_, _, prev_step), chain in self._blocks(group).items():
+                for block in chain:
+                    self._update(group, block, prev_step + 1)
         return loss
 
-    def _update(self, group: dict[str, Any], b: _Bucket, step: int) -> None:
+    def _update(self, group: dict[str, Any], b: _Block, step: int) -> None:
         lr, eps = group["lr"], group["eps"]
         beta1, beta2 = group["betas"]
         # weight decay: decoupled p *= 1 - lr*wd, or L2 grad += wd*p (before centralization)

@@ -1,0 +1,195 @@
+"""Time one optimizer step over a resnet18-sized parameter list (CPU) and resnet50 (CUDA).
+
+Peers run in the same process, interleaved in a shuffled order every repetition, and the
+median over repetitions is reported together with the median per-repetition ratio to torch's
+AdamW (foreach on CPU, fused on CUDA). Each timed block is ``k=6`` steps, so every block
+contains exactly one Lookahead sync. Results go to ``benchmarks/results/optim_step_<dev>.json``.
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/optim_step.py            # CPU, 2 threads (+ CUDA if present)
+    PYTHONPATH=. python benchmarks/optim_step.py --reps 31 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fasttricks._io import atomic_write_text  # noqa: E402
+from fasttricks.optim import create_optimizer  # noqa: E402
+
+log = logging.getLogger("optim_step")
+STEPS_PER_BLOCK = 6  # one Lookahead period
+BASELINE = "torch AdamW"
+
+
+def param_shapes(arch: str) -> list[tuple[int, ...]]:
+    """Parameter shapes of a torchvision model built without weights (nothing is downloaded)."""
+    import torchvision
+
+    model = getattr(torchvision.models, arch)(weights=None)
+    return [tuple(p.shape) for p in model.parameters()]
+
+
+def make_params(shapes: list[tuple[int, ...]], device: str, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    params = []
+    for shape in shapes:
+        p = torch.randn(shape, generator=gen).mul_(0.05).to(device).requires_grad_()
+        p.grad = torch.randn(shape, generator=gen).to(device)
+        params.append(p)
+    return params
+
+
+def peers(device: str) -> dict[str, Callable[[list[torch.Tensor]], Any]]:
+    """name -> factory(params) returning an object with ``.step()``."""
+    import fastai.optimizer as fo
+
+    cuda = device.startswith("cuda")
+    lr = 1e-3
+    out: dict[str, Callable[[list[torch.Tensor]], Any]] = {
+        "fasttricks ranger": lambda ps: create_optimizer(ps, "ranger", lr),
+        "fasttricks rangeradabelief": lambda ps: create_optimizer(ps, "rangeradabelief", lr),
+        "fasttricks adamw": lambda ps: create_optimizer(ps, "adamw", lr),
+        "fasttricks sgd_nesterov": lambda ps: create_optimizer(ps, "sgd_nesterov", lr),
+        BASELINE: lambda ps: torch.optim.AdamW(
+            ps, lr=lr, weight_decay=0.01, foreach=None if cuda else True, fused=cuda or None
+        ),
+        "fastai ranger": lambda ps: fo.ranger(ps, lr=lr),
+        "fastai RAdam": lambda ps: fo.RAdam(ps, lr=lr),
+        "fastai Adam": lambda ps: fo.Adam(ps, lr=lr),
+    }
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            from ranger_adabelief import RangerAdaBelief
+    except ImportError:
+        log.warning("ranger-adabelief not installed: peer skipped")
+    else:
+
+        def _package(ps: list[torch.Tensor]) -> Any:
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints a banner
+                return RangerAdaBelief(ps, lr=lr, eps=1e-8, betas=(0.95, 0.999))
+
+        out["ranger-adabelief 0.1.0"] = _package
+    try:
+        from fastxtend.optimizer.fused import ranger as fx_ranger
+    except Exception as err:  # not installed, or incompatible with this fastai
+        log.warning("fastxtend not importable (%s): peer skipped", err)
+    else:
+        out["fastxtend ranger (foreach)"] = lambda ps: fx_ranger(foreach=True)(ps, lr=lr)
+    return out
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_block(opt: Any, device: str) -> float:
+    """Milliseconds per step over one block of STEPS_PER_BLOCK steps."""
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(STEPS_PER_BLOCK):
+        opt.step()
+    _sync(device)
+    return (time.perf_counter() - start) * 1000 / STEPS_PER_BLOCK
+
+
+def run(device: str, arch: str, reps: int, seed: int = 0) -> dict[str, Any]:
+    shapes = param_shapes(arch)
+    factories = peers(device)
+    opts = {}
+    for name, factory in factories.items():
+        opts[name] = factory(make_params(shapes, device, seed))
+        for _ in range(2 * STEPS_PER_BLOCK):  # warm up: allocate state, pass RAdam's warm-up
+            opts[name].step()
+    times: dict[str, list[float]] = {name: [] for name in opts}
+    order = list(opts)
+    rng = random.Random(seed)
+    for rep in range(reps):
+        rng.shuffle(order)
+        for name in order:
+            times[name].append(time_block(opts[name], device))
+        log.info("rep %d/%d done", rep + 1, reps)
+    base = times[BASELINE]
+    rows = {}
+    for name, ts in times.items():
+        ratios = [t / b for t, b in zip(ts, base)]
+        rows[name] = {
+            "ms_per_step_median": statistics.median(ts),
+            "ms_per_step_min": min(ts),
+            "ratio_to_torch_adamw_median": statistics.median(ratios),
+            "samples_ms": ts,
+        }
+    n_params = sum(torch.Size(s).numel() for s in shapes)
+    return {"arch": arch, "n_tensors": len(shapes), "n_params": n_params, "reps": reps,
+            "steps_per_block": STEPS_PER_BLOCK, "results": rows}
+
+
+def machine(device: str) -> dict[str, Any]:
+    info = {
+        "processor": platform.processor(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+        "device_name": (torch.cuda.get_device_name(0) if device.startswith("cuda")
+                        else platform.processor() or platform.machine()),
+        "note": "machine shared with other jobs while measuring; medians of interleaved runs",
+    }
+    return info
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = ["| optimizer | ms/step (median) | x torch AdamW |", "|---|---:|---:|"]
+    rows = sorted(result["results"].items(), key=lambda kv: kv[1]["ms_per_step_median"])
+    for name, row in rows:
+        lines.append(f"| {name} | {row['ms_per_step_median']:.2f} | "
+                     f"{row['ratio_to_torch_adamw_median']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--reps", type=int, default=21, help="repetitions (median reported)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    devices = {"auto": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+               "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
+    for device in devices:
+        arch = "resnet18" if device == "cpu" else "resnet50"
+        result = run(device, arch, args.reps)
+        result["machine"] = machine(device)
+        path = args.out / f"optim_step_{device}.json"
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+        print(f"\n{arch} on {result['machine']['device_name']} ({device}, "
+              f"{args.threads if device == 'cpu' else 'GPU'} threads), saved to {path}")
+        print(table(result))
+
+
+if __name__ == "__main__":
+    main()
