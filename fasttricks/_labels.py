@@ -7,12 +7,13 @@ document the accepted forms.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fasttricks import _validate
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class EncodedLabels:
 
 def closest(value: Any, options: Sequence) -> str:
     """A ' (did you mean ...?)' hint naming the option closest to `value`, or ''."""
-    match = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    match = _validate.closest(value, options)
+    return f" (did you mean {match!r}?)" if match is not None else ""
 
 
 def _is_int_like(values: np.ndarray) -> bool:
@@ -151,7 +152,9 @@ def _encode_names(values: np.ndarray, vocab: list | None, n_classes: int | None)
     return EncodedLabels(codes, list(classes), multilabel=False)
 
 
-def _encode_multi_hot(values: np.ndarray, vocab: list | None, n_classes: int | None) -> EncodedLabels:
+def _encode_multi_hot(
+    values: np.ndarray, vocab: list | None, n_classes: int | None
+) -> EncodedLabels:
     if values.shape[0] == 0 or values.shape[1] == 0:
         raise ValueError(f"multi-hot labels must be non-empty, got shape {values.shape}")
     if values.dtype.kind not in "iubf" or not np.isin(values, (0, 1)).all():

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fasttricks._labels import closest, encode_labels
+from fasttricks._validate import check_choice, check_range
 
 __all__ = [
     "CLASS_WEIGHT_METHODS",
@@ -111,9 +112,8 @@ def class_weights(
         >>> class_weights([0] * 100 + [1] * 25 + [2] * 4)
         tensor([0.2000, 0.4000, 1.0000])
     """
-    _check_choice("method", method, CLASS_WEIGHT_METHODS)
-    if not 0.0 <= float(beta) < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+    check_choice("class weight method", method, CLASS_WEIGHT_METHODS)
+    check_range("beta", beta, 0.0, 1.0, high_inclusive=False)
     encoded = encode_labels(labels, vocab=vocab, n_classes=n_classes)
     counts = encoded.counts()
     empty = [encoded.classes[i] for i in np.flatnonzero(counts == 0)]
@@ -138,25 +138,27 @@ def class_weights(
 # shared machinery
 
 
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(
-            f"{name} must be one of {list(allowed)}, got {value!r}{closest(value, allowed)}"
-        )
-    return value
-
-
 def _check_gamma(name: str, value: float) -> float:
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
+    check_range(name, value, 0.0)
+    if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
+    return float(value)
+
+
+def _check_smoothing(value: float) -> float:
+    return float(check_range("label_smoothing", value, 0.0, 1.0, high_inclusive=False))
 
 
 def _as_weight_tensor(name: str, value: WeightLike | None) -> Tensor | None:
     """Validate a per-class weight vector: 1-D, finite, >= 0, not all zero."""
     if value is None:
         return None
+    if isinstance(value, str):
+        raise TypeError(
+            f"{name}={value!r} names a class-weight method, which needs the training labels: "
+            f"use get_loss(..., labels=train_labels, {name}={value!r}) or pass "
+            f"class_weights(train_labels, {value!r})"
+        )
     if isinstance(value, Tensor):
         tensor = value.detach().to(torch.float32).clone()
     else:
@@ -229,7 +231,7 @@ class _FlatLoss(nn.Module):
 
     @reduction.setter
     def reduction(self, value: str) -> None:
-        self._reduction = _check_choice("reduction", value, REDUCTIONS)
+        self._reduction = check_choice("reduction", value, REDUCTIONS)
 
     def _flatten(self, inp: Tensor, targ: Tensor) -> tuple[Tensor, Tensor]:
         inp, targ = _plain(inp), _plain(targ)
@@ -310,10 +312,7 @@ class _MultiLabelLoss(_FlatLoss):
 
 
 def _check_thresh(thresh: float) -> float:
-    thresh = float(thresh)
-    if not 0.0 <= thresh <= 1.0:
-        raise ValueError(f"thresh must be a probability in [0, 1], got {thresh!r}")
-    return thresh
+    return float(check_range("thresh", thresh, 0.0, 1.0))
 
 
 def _check_classes(name: str, vector: Tensor | None, n_classes: int) -> None:
@@ -353,9 +352,7 @@ class CrossEntropyLoss(_SingleLabelLoss):
         axis: int = -1,
     ) -> None:
         super().__init__(reduction=reduction, axis=axis)
-        if not 0.0 <= float(label_smoothing) < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = _check_smoothing(label_smoothing)
         self.ignore_index = int(ignore_index)
         self.register_buffer("weight", _as_weight_tensor("weight", weight))
 
@@ -500,9 +497,7 @@ class AsymmetricLossSingleLabel(_SingleLabelLoss):
         super().__init__(reduction=reduction, axis=axis)
         self.gamma_pos = _check_gamma("gamma_pos", gamma_pos)
         self.gamma_neg = _check_gamma("gamma_neg", gamma_neg)
-        if not 0.0 <= float(label_smoothing) < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = _check_smoothing(label_smoothing)
 
     def _loss(self, inp: Tensor, targ: Tensor) -> Tensor:
         n_classes = inp.shape[-1]
@@ -682,10 +677,7 @@ class AsymmetricLoss(_MultiLabelLoss):
         super().__init__(thresh=thresh, reduction=reduction, axis=axis)
         self.gamma_neg = _check_gamma("gamma_neg", gamma_neg)
         self.gamma_pos = _check_gamma("gamma_pos", gamma_pos)
-        clip = float(clip)
-        if not 0.0 <= clip < 1.0:
-            raise ValueError(f"clip must be in [0, 1), got {clip!r}")
-        self.clip = clip
+        self.clip = float(check_range("clip", clip, 0.0, 1.0, high_inclusive=False))
 
     def _loss(self, inp: Tensor, targ: Tensor) -> Tensor:
         loss_pos = F.logsigmoid(inp)
@@ -788,10 +780,7 @@ def get_loss(
         loss_func = get_loss("focal", labels=train_y, gamma=2.0, alpha="sqrt_inv")
     """
     key = name.lower() if isinstance(name, str) else name
-    if key not in _LOSSES:
-        raise KeyError(
-            f"unknown loss {name!r}{closest(name, list(_LOSSES))}; known: {list_losses()}"
-        )
+    check_choice("loss", key, list_losses())
     config = _LOSSES[key]
     kwargs = dict(kwargs)
     vocab = kwargs.pop("vocab", None)

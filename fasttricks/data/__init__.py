@@ -1,0 +1,24 @@
+"""Data helpers for training: oversampling and weighted sampling of the training set.
+
+`class_weights` lives in `fasttricks.losses` and is re-exported here for convenience.
+"""
+
+from __future__ import annotations
+
+from fasttricks.data.sampling import (
+    WeightedSampler,
+    item_weights,
+    oversample,
+    oversample_indices,
+    weighted_dataloaders,
+)
+from fasttricks.losses import class_weights
+
+__all__ = [
+    "WeightedSampler",
+    "class_weights",
+    "item_weights",
+    "oversample",
+    "oversample_indices",
+    "weighted_dataloaders",
+]
