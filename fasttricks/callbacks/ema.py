@@ -197,7 +197,8 @@ class EMACallback(Callback):
         return self.learn.path / self.learn.model_dir / f"{fname}_ema.pth"
 
     def save(self, fname: str | os.PathLike[str]):
-        """Write :meth:`state_dict` atomically beside ``learn.save(fname)`` as ``{fname}_ema.pth``."""
+        """Write :meth:`state_dict` atomically as ``{fname}_ema.pth`` beside ``learn.save(fname)``.
+        """
         return atomic_torch_save(self.state_dict(), self._file(fname))
 
     def load(self, fname: str | os.PathLike[str]) -> EMACallback:

@@ -31,13 +31,24 @@ def loss_filter_mask(losses: torch.Tensor, loss_perc: float) -> torch.Tensor:
         loss_perc: share of the batch's total loss to keep, in (0, 1].
     """
     if losses.ndim != 1:
-        raise ValueError(f"losses must be 1-D (one value per sample), got shape {tuple(losses.shape)}")
-    values = losses.detach().float()
+        raise ValueError(
+            f"losses must be 1-D (one value per sample), got shape {tuple(losses.shape)}"
+        )
+    keep, _, _ = _filter(losses.detach().float(), loss_perc)
+    return keep.bool()
+
+
+def _filter(values: torch.Tensor, loss_perc: float):
+    """(float keep mask in batch order, number kept, total loss) for 1-D detached ``values``."""
     sorted_losses, order = torch.sort(values, descending=True)
-    before = torch.cumsum(sorted_losses, 0) - sorted_losses  # sum of the losses ranked above
-    keep_sorted = before < loss_perc * values.sum()
+    cum = torch.cumsum(sorted_losses, 0)
+    total = cum[-1]
+    # kept when the losses ranked above it sum to less than loss_perc * total; the first always
+    keep_sorted = (cum - sorted_losses) < loss_perc * total
     keep_sorted[0] = True
-    return torch.zeros_like(keep_sorted).scatter_(0, order, keep_sorted)
+    keep_sorted = keep_sorted.to(values.dtype)
+    keep = torch.empty_like(values).scatter_(0, order, keep_sorted)  # order is a permutation
+    return keep, keep_sorted.sum(), total
 
 
 def _per_sample(losses: torch.Tensor, bs: int) -> torch.Tensor:
@@ -47,6 +58,8 @@ def _per_sample(losses: torch.Tensor, bs: int) -> torch.Tensor:
             "the loss function returned a scalar with reduction='none'; BatchLossFilterCallback "
             "needs one loss per sample"
         )
+    if losses.ndim == 1 and losses.shape[0] == bs:  # the common case: already per sample
+        return losses if losses.dtype == torch.float32 else losses.float()
     if losses.shape[0] == bs:
         return losses.reshape(bs, -1).float().mean(1)
     if losses.numel() % bs == 0:  # flattened (bs * n) losses, e.g. fastai's flattened losses
@@ -83,7 +96,7 @@ class BatchLossFilterCallback(Callback):
         if schedule is not None and not callable(schedule):
             raise TypeError(f"schedule must be a callable pct_train -> loss_perc, got {schedule!r}")
         self.schedule = schedule
-        self.keep: torch.Tensor | None = None
+        self._keep: torch.Tensor | None = None
         self._reduction: str | None = None
 
     def before_fit(self) -> None:
@@ -102,28 +115,33 @@ class BatchLossFilterCallback(Callback):
         perc = float(self.schedule(getattr(self.learn, "pct_train", 0.0)))
         return check_range("scheduled loss_perc", perc, 0.0, 1.0, low_inclusive=False)
 
-    def before_batch(self) -> None:
-        if not self.training:
-            return
+    # The loss is per sample for the whole training phase (no attribute churn per batch).
+    def before_train(self) -> None:
         lf = self.learn.loss_func
         self._reduction = lf.reduction
         lf.reduction = "none"
 
+    def after_train(self) -> None:
+        if self._reduction is not None:
+            self.learn.loss_func.reduction = self._reduction
+            self._reduction = None
+
+    after_fit = after_train  # training stopped by an exception skips after_train
+
     def after_loss(self) -> None:
         if not self.training or self._reduction is None:
             return
-        self.learn.loss_func.reduction = self._reduction
-        self._reduction = None
         bs = self._batch_size()
         losses = _per_sample(self.learn.loss_grad, bs)
-        self.keep = loss_filter_mask(losses, self.current_perc())
-        self.learn.loss = losses.mean().detach()
-        self.learn.loss_grad = self._masked_mean(losses, self.keep)
+        keep, n_keep, total = _filter(losses.detach(), self.current_perc())
+        self._keep = keep
+        self.learn.loss = total / bs
+        self.learn.loss_grad = torch.dot(losses, keep) / n_keep
 
-    def after_batch(self) -> None:
-        if self._reduction is not None:  # the batch stopped before after_loss
-            self.learn.loss_func.reduction = self._reduction
-            self._reduction = None
+    @property
+    def keep(self) -> torch.Tensor | None:
+        """Boolean mask of the samples kept in the last training batch (batch order)."""
+        return None if self._keep is None else self._keep.bool()
 
     def filtered_loss(self, pred, *yb) -> torch.Tensor:
         """The loss on ``(pred, yb)`` averaged over the samples kept for the current batch.
@@ -138,14 +156,10 @@ class BatchLossFilterCallback(Callback):
         finally:
             lf.reduction = old
         losses = _per_sample(losses, self._batch_size())
-        if self.keep is None:
+        if self._keep is None:
             return losses.mean()
-        return self._masked_mean(losses, self.keep)
-
-    @staticmethod
-    def _masked_mean(losses: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        keep = keep.to(losses.dtype)
-        return (losses * keep).sum() / keep.sum()
+        keep = self._keep.to(losses.dtype)
+        return torch.dot(losses, keep) / keep.sum()
 
     def _batch_size(self) -> int:
         yb = self.learn.yb

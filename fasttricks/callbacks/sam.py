@@ -120,7 +120,7 @@ class SAMCallback(Callback):
     uses the samples the filter kept.
 
     Args:
-        rho: neighbourhood radius ``rho`` (default 0.05; the ASAM paper uses ~0.5-2 for adaptive).
+        rho: neighbourhood radius ``rho`` (default 0.05; ASAM needs a larger one, e.g. 0.5).
         adaptive: use ASAM's scale-invariant neighbourhood (default False).
         eps: added to the gradient norm (default 1e-12).
 

@@ -35,7 +35,7 @@ class SaveBestCallback(Callback):
     ``learn.load(fname)`` reads it), written atomically.
 
     After fit, ``best_epoch`` (0-based epoch index, None if no epoch completed) and ``best_value``
-    hold the best epoch and its value; ``path`` the checkpoint file.
+    hold the best epoch and its value; ``ckpt_path`` the checkpoint file.
 
     Args:
         monitor: a name the recorder logs (default ``"valid_loss"``; e.g. ``"accuracy"``).
@@ -77,7 +77,7 @@ class SaveBestCallback(Callback):
         self.with_opt = bool(with_opt)
         self.best_epoch: int | None = None
         self.best_value: float | None = None
-        self.path: Path | None = None
+        self.ckpt_path: Path | None = None
         self.reloaded = False
 
     @property
@@ -109,7 +109,7 @@ class SaveBestCallback(Callback):
                 msg += f". Did you mean {match!r}?"
             raise ChoiceError(msg)
         self._idx = list(recorder.metric_names[1:]).index(self.monitor)
-        self.path = Path(self.learn.path) / self.learn.model_dir / f"{self.fname}.pth"
+        self.ckpt_path = Path(self.learn.path) / self.learn.model_dir / f"{self.fname}.pth"
 
     def after_epoch(self) -> None:
         value = self.learn.recorder.values[-1][self._idx]
@@ -127,12 +127,12 @@ class SaveBestCallback(Callback):
         opt = getattr(self.learn, "opt", None)
         if self.with_opt and opt is not None:
             state = {"model": state, "opt": opt.state_dict()}
-        atomic_torch_save(state, self.path)
+        atomic_torch_save(state, self.ckpt_path)
 
     def after_fit(self) -> None:
-        if not self.reload or self.best_epoch is None or self.path is None:
+        if not self.reload or self.best_epoch is None or self.ckpt_path is None:
             return
-        if not self.path.exists():
+        if not self.ckpt_path.exists():
             return
         self.learn.load(self.fname, with_opt=self.with_opt, weights_only=False)
         self.reloaded = True
