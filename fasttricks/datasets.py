@@ -80,7 +80,9 @@ class Split:
 
     def __post_init__(self) -> None:
         if len(self.x) != len(self.y):
-            raise ValueError(f"x and y must have the same length, got {len(self.x)} and {len(self.y)}")
+            raise ValueError(
+                f"x and y must have the same length, got {len(self.x)} and {len(self.y)}"
+            )
 
     def __len__(self) -> int:
         return len(self.y)
@@ -119,7 +121,8 @@ class DataSplits:
 
     def pool(self) -> Split:
         """Train followed by valid: the pool that k-fold cross-validation splits."""
-        return Split(_concat(self.train.x, self.valid.x), np.concatenate([self.train.y, self.valid.y]))
+        y = np.concatenate([self.train.y, self.valid.y])
+        return Split(_concat(self.train.x, self.valid.x), y)
 
     def resplit(self, train_idx: Sequence[int], valid_idx: Sequence[int]) -> DataSplits:
         """A copy whose train / valid are drawn from :meth:`pool` by index; test is unchanged."""

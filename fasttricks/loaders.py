@@ -167,13 +167,14 @@ def _image_dataloaders(
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(splits.vocab))),
         get_x=ColReader("path"), get_y=ColReader("label"), splitter=ColSplitter("is_valid"),
-        item_tfms=Resize(size), batch_tfms=[IntToFloatTensor(), Normalize.from_stats(*imagenet_stats)],
+        item_tfms=Resize(size),
+        batch_tfms=[IntToFloatTensor(), Normalize.from_stats(*imagenet_stats)],
     )
     dls = block.dataloaders(df, bs=bs, val_bs=valid_bs or 2 * bs, device=device, num_workers=0)
     test_df = pd.DataFrame({"path": [str(p) for p in splits.test.x],
                             "label": [splits.vocab[int(i)] for i in splits.test.y]})
     test = dls.test_dl(test_df, with_labels=True)
-    return DataLoaders(dls.train, dls.valid, test, path=dls.path, device=dls.device)
+    return type(dls)(dls.train, dls.valid, test, path=dls.path, device=dls.device)
 
 
 def _tabular_dataloaders(
@@ -181,6 +182,7 @@ def _tabular_dataloaders(
 ) -> DataLoaders:
     from fastai.data.block import CategoryBlock
     from fastai.tabular.core import Categorify, FillMissing, TabularPandas
+    from fastai.tabular.data import TabularDataLoaders  # noqa: F401 (to.dataloaders' type)
     from fastai.data.transforms import Normalize
 
     info = splits.info
@@ -198,8 +200,8 @@ def _tabular_dataloaders(
     dls = to.dataloaders(bs=bs, val_bs=valid_bs or 2 * bs, device=device)
     test_df = splits.test.x.copy()
     test_df[y_name] = [splits.vocab[int(i)] for i in splits.test.y]
-    test = dls.test_dl(test_df, with_labels=True)
-    res = DataLoaders(dls.train, dls.valid, test, path=dls.path, device=dls.device)
+    test = dls.test_dl(test_df)  # keeps the target column, processed like the valid set
+    res = type(dls)(dls.train, dls.valid, test, path=dls.path, device=dls.device)
     res.tabular = to
     return res
 

@@ -211,7 +211,7 @@ def list_models() -> list[str]:
 
 
 def model_input_kind(name: str) -> str:
-    """``"features"`` (flattened item size), ``"channels"`` (dim 1) or ``"tabular"`` for ``n_in``."""
+    """What ``n_in`` means for ``name``: ``"features"``, ``"channels"`` or ``"tabular"``."""
     if name.startswith("timm:"):
         return "channels"
     check_choice("model", name, [*list_models(), "timm:<name>"])

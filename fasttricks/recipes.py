@@ -3,7 +3,8 @@
 A recipe names everything a training run needs::
 
     name: digits
-    data: {name: digits, bs: 64}            # + the dataset's own options (valid_pct, seed, ...)
+    data: {name: digits, bs: 64}            # + the dataset's options (valid_pct, seed, ...);
+                                            # sampler: weighted, weights: sqrt_inv; oversample
     model: {name: cnn2d, channels: [32, 64, 128]}
     loss: {name: cross_entropy}             # + the loss's options (gamma, alpha, ...)
     optimizer: {name: ranger, lr: 3e-3, wd: 1e-2}
@@ -18,8 +19,10 @@ A recipe names everything a training run needs::
 :func:`load_recipe` validates a recipe before anything trains: an unknown section or key names
 itself, the allowed keys and the closest match; a value of the wrong type names its dotted path
 (``optimizer.lr``) and echoes the value. Numbers written ``1e-3`` (which YAML 1.1 reads as a
-string) are coerced wherever a number is expected. :func:`build_learner` is the one place a
-Learner is made from a config; training, tuning, k-fold and the notebooks all go through it.
+string) are coerced wherever a number is expected. ``data.seed`` fixes the dataset's split and
+is independent of the training ``seed``, so ``--seeds N`` varies only the training.
+:func:`build_learner` is the one place a Learner is made from a config; training, tuning,
+k-fold and the notebooks all go through it.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import math
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
@@ -223,7 +226,11 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
     if sampler not in _SAMPLERS:
         raise _unknown_name("data.sampler", sampler, _SAMPLERS)
     out["sampler"] = sampler
+    from fasttricks.losses import CLASS_WEIGHT_METHODS
+
     out["weights"] = _as_str("data.weights", data.get("weights", "sqrt_inv"))
+    if out["weights"] not in CLASS_WEIGHT_METHODS:
+        raise _unknown_name("data.weights", out["weights"], CLASS_WEIGHT_METHODS)
     over = data.get("oversample", False)
     if over is None or isinstance(over, bool) or over == "max":
         out["oversample"] = bool(over) if over != "max" else "max"
@@ -232,7 +239,9 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
             over) else None
         if ratio is None:
             raise _type_error("data.oversample", over, "true, false, 'max' or a ratio")
-        _check_positive("data.oversample", ratio)
+        if not 0.0 < ratio <= 1.0:
+            raise RecipeError("recipe key 'data.oversample' must be true, 'max' or a ratio in "
+                              f"(0, 1] (rare classes grow to ratio * largest), got {over!r}")
         out["oversample"] = ratio
     for key, value in data.items():
         if key in _DATA_KEYS:
@@ -241,6 +250,11 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
             raise _unknown_key("data", key, [*_DATA_KEYS, *params])
         default = params[key].default
         out[key] = _like_default(f"data.{key}", value, default)
+    missing = [k for k, p in params.items()
+               if p.default is inspect.Parameter.empty and k not in out]
+    if missing:
+        raise RecipeError(f"dataset {name!r} needs data.{missing[0]} (required: "
+                          f"{', '.join(missing)})")
     return out
 
 
@@ -290,31 +304,27 @@ def _validate_loss(raw: Mapping[str, Any], data: Mapping[str, Any]) -> dict:
     return out
 
 
-def _optimizer_keys(name: str) -> list[str] | None:
-    """The override names ``get_optimizer(name, ...)`` takes, or None when unknown."""
-    try:
-        from fasttricks.optim import optimizer_config_mapping
-    except ImportError:
-        return None
-    config = optimizer_config_mapping.get(name)
-    if config is None:
-        return None
-    return list(getattr(config, "hyperparameters", {}) or {})
+def _optimizer_keys(name: str) -> list[str]:
+    """The override names ``get_optimizer(name, ...)`` takes (fastai's short names)."""
+    from fasttricks.optim import optimizer_config_mapping
+
+    return list(optimizer_config_mapping[name].allowed_overrides)
 
 
 def _validate_optimizer(raw: Mapping[str, Any]) -> dict:
     opt = _section(raw, "optimizer")
     name = _as_str("optimizer.name", opt.get("name", "adamw")).lower()
-    known = _known_optimizers()
-    if known is not None and name not in known:
-        raise _unknown_name("optimizer.name", name, known)
+    from fasttricks.optim import list_optimizers
+
+    if name not in list_optimizers():
+        raise _unknown_name("optimizer.name", name, list_optimizers())
     out: dict[str, Any] = {"name": name, "lr": _as_float("optimizer.lr", opt.get("lr", 1e-3))}
     _check_positive("optimizer.lr", out["lr"])
     allowed = _optimizer_keys(name)
     for key, value in opt.items():
         if key in ("name", "lr"):
             continue
-        if allowed is not None and key not in allowed:
+        if key not in allowed:
             raise _unknown_key("optimizer", key, ["name", "lr", *allowed])
         out[key] = _loose(f"optimizer.{key}", value)
     _opt_func(out)  # the optimizer's own checks (bad values) before any training starts
@@ -543,24 +553,10 @@ def _resolved(recipe: str | Path | Mapping[str, Any]) -> dict:
 # building blocks: optimizer, loss, metrics, callbacks
 
 
-def _known_optimizers() -> list[str] | None:
-    try:
-        from fasttricks.optim import list_optimizers
-    except ImportError:
-        return None  # TEMPORARY (until the optim branch is merged): see _opt_func
-    return list_optimizers()
-
-
 def _opt_func(section: Mapping[str, Any]) -> Callable:
-    overrides = {k: v for k, v in section.items() if k not in ("name", "lr")}
-    try:
-        from fasttricks.optim import get_optimizer
-    except ImportError:
-        # TEMPORARY fallback until fasttricks.optim is merged: fastai's Adam. Remove on merge.
-        from fastai.optimizer import Adam
-        from functools import partial
+    from fasttricks.optim import get_optimizer
 
-        return partial(Adam, **overrides)
+    overrides = {k: v for k, v in section.items() if k not in ("name", "lr")}
     return get_optimizer(section["name"], **overrides)
 
 
@@ -652,6 +648,13 @@ class _ChannelsLastInput(Callback):
         self.learn.xb = xb
 
 
+def _timm_splitter(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
+    """Two parameter groups for a timm model: the body, then the classifier head."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    body = [p for p in model.parameters() if id(p) not in head]
+    return [body, list(model.get_classifier().parameters())]
+
+
 def _seed_everything(seed: int) -> None:
     from fastai.torch_core import set_seed
 
@@ -717,11 +720,8 @@ def build_dataloaders(
     if data["sampler"] == "weighted":
         from fasttricks.data import weighted_dataloaders
 
-        weighted = weighted_dataloaders(dls, labels=splits.train.y, method=data["weights"],
-                                        seed=recipe["seed"])
-        if len(weighted.loaders) < 3:
-            weighted.loaders.append(dls[2])
-        dls = weighted
+        dls = weighted_dataloaders(dls, labels=splits.train.y, method=data["weights"],
+                                   seed=recipe["seed"])
     dls.splits = splits
     return dls
 
@@ -783,8 +783,12 @@ def build_learner(
     loss = _build_loss(recipe["loss"], splits)
     metrics = [_METRICS[m]() for m in recipe["metrics"]]
     callbacks = [_build_callback(c) for c in recipe["callbacks"]] + list(cbs)
+    extra_kwargs = {}
+    if name.startswith("timm:"):
+        extra_kwargs["splitter"] = _timm_splitter
     learn = Learner(dls, model, loss_func=loss, opt_func=_opt_func(recipe["optimizer"]),
-                    lr=recipe["optimizer"]["lr"], metrics=metrics, cbs=callbacks)
+                    lr=recipe["optimizer"]["lr"], metrics=metrics, cbs=callbacks,
+                    **extra_kwargs)
     if _use_channels_last(recipe, model):
         learn.model = learn.model.to(memory_format=torch.channels_last)
         learn.add_cb(_ChannelsLastInput())
@@ -939,14 +943,19 @@ def run_recipe(
         from fasttricks.callbacks import SaveBestCallback
 
         metric, _ = primary_metric(recipe)
-        saver = SaveBestCallback(monitor=metric, fname=f"{recipe['name']}_best")
+        saver = SaveBestCallback(monitor=metric, fname="best")
         learn = build_learner(recipe)
-        valid, test, history = _fit_and_score(learn, recipe, [saver, *cbs], progress)
+        with tempfile.TemporaryDirectory(prefix="fasttricks-best-") as tmp:
+            path, model_dir = learn.path, learn.model_dir
+            learn.path, learn.model_dir = Path(tmp), "."
+            try:
+                valid, test, history = _fit_and_score(learn, recipe, [saver, *cbs], progress)
+            finally:
+                learn.path, learn.model_dir = path, model_dir
         best_epoch = saver.best_epoch if saver.best_epoch is not None else len(history) - 1
         extra["save_best"] = {"best_epoch": int(best_epoch), "best_value": saver.best_value,
-                              "valid": valid, "test": test}
-        if saver.path is not None and saver.path.exists():
-            saver.path.unlink()
+                              "monitor": metric, "valid": valid, "test": test,
+                              "history": history.to_dict(orient="records")}
         learn = build_learner(recipe)
         valid, test, history = _fit_and_score(learn, recipe, cbs, progress, epochs=best_epoch + 1)
         extra["retrain"] = {"epochs": int(best_epoch + 1), "valid": valid, "test": test}

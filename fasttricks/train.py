@@ -1,4 +1,4 @@
-"""``python -m fasttricks.train RECIPE``: train a recipe, evaluate it on the test split, save the run.
+"""``python -m fasttricks.train RECIPE``: train a recipe, evaluate it on the test split, save it.
 
 Usage::
 
@@ -115,9 +115,11 @@ def summary_line(result: Any) -> str:
     metric, _ = primary_metric(recipe)
     key = "loss" if metric == "valid_loss" else metric
     secs = float(result.history["seconds"].sum()) if "seconds" in result.history else float("nan")
-    parts = [f"{recipe['name']} (seed {recipe['seed']}): test {key} {result.test.get(key, float('nan')):.4f}",
+    nan = float("nan")
+    parts = [f"{recipe['name']} (seed {recipe['seed']}): test {key} "
+             f"{result.test.get(key, nan):.4f}",
              f"test loss {result.test['loss']:.4f}",
-             f"valid {key} {result.valid.get(key, float('nan')):.4f}",
+             f"valid {key} {result.valid.get(key, nan):.4f}",
              f"{len(result.history)} epochs in {secs:.1f}s"]
     if "save_best" in result.extra:
         sb = result.extra["save_best"]

@@ -1,0 +1,505 @@
+"""Recipes: validation, overrides, building and running learners, the runs folder, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from fasttricks.recipes import (
+    build_dataloaders,
+    build_learner,
+    evaluate,
+    fit_learner,
+    load_recipe,
+    primary_metric,
+    run_recipe,
+    set_in_recipe,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+SHIPPED = [p for p in RECIPES if not p.name.endswith(".space.yaml")]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The 2-core machine is shared; two torch threads fighting other processes run ~10x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**changes) -> dict:
+    """A small, fast synthetic recipe; ``changes`` are dotted overrides."""
+    recipe = {
+        "name": "tiny",
+        "data": {"name": "synthetic", "n_samples": 300, "bs": 32},
+        "model": {"name": "mlp", "hidden": [16]},
+        "optimizer": {"name": "adamw", "lr": 1e-2},
+        "schedule": {"epochs": 2},
+        "metrics": ["accuracy"],
+        "seed": 0,
+    }
+    return load_recipe(recipe, changes)
+
+
+# ---------------------------------------------------------------------------------- validation
+
+
+def test_defaults_are_filled_in_and_resolved():
+    r = load_recipe({"data": {"name": "synthetic"}, "model": {"name": "mlp"}})
+    assert r["name"] == "recipe"
+    assert r["loss"] == {"name": "cross_entropy"}
+    assert r["schedule"] == {"fit": "flat_cos", "epochs": 5, "pct_start": 0.75, "div": 25.0,
+                             "div_final": 1e5}
+    assert r["metrics"] == ["accuracy"]
+    assert r["fp16"] == "auto" and r["channels_last"] == "auto" and r["seed"] == 0
+    assert r["data"]["bs"] == 64 and r["data"]["sampler"] == "random"
+    assert load_recipe(r) == r  # a resolved recipe is a fixed point
+
+
+def test_multilabel_data_defaults_to_bce_and_accuracy_multi():
+    r = load_recipe({"data": {"name": "multilabel"}, "model": {"name": "mlp"}})
+    assert r["loss"]["name"] == "bce"
+    assert r["metrics"] == ["accuracy_multi"]
+
+
+def test_one_cycle_default_pct_start_is_fastais():
+    r = load_recipe({"data": "synthetic", "model": "mlp", "schedule": {"fit": "one_cycle"}})
+    assert r["schedule"]["pct_start"] == 0.25
+
+
+def test_exponent_numbers_that_yaml_reads_as_strings_are_coerced(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {name: synthetic}\nmodel: {name: mlp}\n"
+                    "optimizer: {name: adamw, lr: 1e-3, eps: 1e-7}\n"
+                    "schedule: {epochs: 1e1, div_final: 1e4}\n")
+    assert isinstance(yaml.safe_load(path.read_text())["optimizer"]["lr"], str)  # the pitfall
+    r = load_recipe(path)
+    assert r["optimizer"]["lr"] == 1e-3 and isinstance(r["optimizer"]["lr"], float)
+    assert r["optimizer"]["eps"] == 1e-7
+    assert r["schedule"]["epochs"] == 10 and isinstance(r["schedule"]["epochs"], int)
+    assert r["schedule"]["div_final"] == 1e4
+    assert r["name"] == "r"  # from the file name
+
+
+def test_unknown_section_names_it_lists_allowed_and_suggests_closest():
+    with pytest.raises(KeyError) as err:
+        load_recipe({"data": "synthetic", "model": "mlp", "optimzer": {"lr": 1e-3}})
+    msg = str(err.value)
+    assert "'optimzer'" in msg
+    assert "'optimizer'" in msg and "'schedule'" in msg and "'callbacks'" in msg
+    assert "Did you mean 'optimizer'?" in msg
+
+
+@pytest.mark.parametrize(
+    "section, key, closest",
+    [
+        ("schedule", "epoch", "epochs"),
+        ("data", "valid_pc", "valid_pct"),
+        ("model", "hiden", "hidden"),
+    ],
+)
+def test_unknown_key_names_its_path_allowed_keys_and_closest_match(section, key, closest):
+    raw = {"data": {"name": "synthetic"}, "model": {"name": "mlp"}}
+    raw.setdefault(section, {})[key] = 1
+    with pytest.raises(KeyError) as err:
+        load_recipe(raw)
+    msg = str(err.value)
+    assert f"'{section}.{key}'" in msg
+    assert "allowed keys" in msg and f"'{closest}'" in msg
+    assert f"Did you mean '{closest}'?" in msg
+
+
+def test_unknown_optimizer_override_is_rejected_with_closest_match():
+    with pytest.raises(KeyError) as err:
+        load_recipe({"data": "synthetic", "model": "mlp", "optimizer": {"name": "adamw", "ws": 1}})
+    msg = str(err.value)
+    assert "'optimizer.ws'" in msg and "Did you mean 'wd'?" in msg
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        ("optimizer.lr", "fast", "a number"),
+        ("schedule.epochs", "ten", "an integer"),
+        ("schedule.epochs", 2.5, "an integer"),
+        ("fp16", "yes", "true, false or 'auto'"),
+        ("seed", [1], "an integer"),
+        ("retrain_at_best", "no", "true or false"),
+        ("data.bs", "big", "an integer"),
+        ("data.valid_pct", "a lot", "a number"),
+    ],
+)
+def test_wrong_type_names_the_dotted_path_and_echoes_the_value(path, value, expected):
+    with pytest.raises(TypeError) as err:
+        tiny(**{path: value})
+    msg = str(err.value)
+    assert f"'{path}'" in msg and repr(value) in msg and expected in msg
+
+
+@pytest.mark.parametrize(
+    "path, value, known, closest",
+    [
+        ("data.name", "digit", "mnist1d", "digits"),
+        ("model.name", "cnn_2d", "cnn1d", "cnn2d"),
+        ("loss.name", "focall", "cross_entropy", "focal"),
+        ("schedule.fit", "flatcos", "one_cycle", "flat_cos"),
+        ("metrics", ["acuracy"], "error_rate", "accuracy"),
+        ("optimizer.name", "adamm", "sgd", "adamw"),
+    ],
+)
+def test_unknown_names_list_known_ones_and_closest(path, value, known, closest):
+    with pytest.raises(KeyError) as err:
+        tiny(**{path: value})
+    msg = str(err.value)
+    assert repr(value if not isinstance(value, list) else value[0]) in msg
+    assert f"'{known}'" in msg and f"Did you mean '{closest}'?" in msg
+
+
+def test_unknown_callback_and_bad_callback_option_fail_before_training():
+    with pytest.raises(KeyError, match="Did you mean 'ema'"):
+        tiny(callbacks=[{"name": "emma"}])
+    with pytest.raises(TypeError, match="decay"):
+        tiny(callbacks=[{"name": "ema", "decayy": 0.9}])
+
+
+@pytest.mark.parametrize(
+    "path, value, fragment",
+    [
+        ("schedule.epochs", 0, "'schedule.epochs' must be > 0, got 0"),
+        ("optimizer.lr", -1e-3, "'optimizer.lr' must be > 0, got -0.001"),
+        ("schedule.pct_start", 1.5, "'schedule.pct_start' must be in [0, 1], got 1.5"),
+        ("data.bs", 0, "'data.bs' must be > 0, got 0"),
+        ("name", "a/b", "folder name"),
+    ],
+)
+def test_out_of_range_values_raise_value_error_with_path_and_value(path, value, fragment):
+    with pytest.raises(ValueError) as err:
+        tiny(**{path: value})
+    assert fragment in str(err.value)
+
+
+def test_missing_dataset_name_lists_known_datasets():
+    with pytest.raises(ValueError, match="needs a 'name'.*digits.*mnist1d"):
+        load_recipe({"data": {"bs": 32}, "model": "mlp"})
+
+
+def test_a_required_dataset_argument_is_reported_at_load_time():
+    with pytest.raises(ValueError, match="dataset 'tabular_csv' needs data.path"):
+        load_recipe({"data": {"name": "tabular_csv"}, "model": "tabular"})
+
+
+def test_missing_recipe_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------------------------- overrides
+
+
+def test_string_overrides_are_parsed_as_yaml_then_coerced():
+    r = load_recipe(SHIPPED[0], ["optimizer.lr=1e-3", "schedule.epochs=5",
+                                 "schedule.fit=one_cycle", "seed=7", "fp16=false"])
+    assert r["optimizer"]["lr"] == 1e-3
+    assert r["schedule"]["epochs"] == 5 and r["schedule"]["fit"] == "one_cycle"
+    assert r["seed"] == 7 and r["fp16"] is False
+
+
+def test_override_of_a_list_and_a_mapping_of_overrides():
+    r = load_recipe(ROOT / "recipes" / "digits.yaml", {"model.channels": [8, 16],
+                                                      "data.valid_pct": "2e-1"})
+    assert r["model"]["channels"] == [8, 16]
+    assert r["data"]["valid_pct"] == 0.2
+
+
+def test_callbacks_can_be_overridden_by_name_or_position():
+    r = tiny(callbacks=[{"name": "ema", "decay": 0.9}])
+    assert load_recipe(r, ["callbacks.ema.decay=0.99"])["callbacks"][0]["decay"] == 0.99
+    assert load_recipe(r, ["callbacks.0.decay=0.5"])["callbacks"][0]["decay"] == 0.5
+
+
+def test_bad_override_keys_and_syntax_are_rejected():
+    with pytest.raises(KeyError, match="Did you mean 'optimizer'"):
+        load_recipe(SHIPPED[0], ["optimiser.lr=1e-3"])
+    with pytest.raises(KeyError, match="schedule.epoch"):
+        load_recipe(SHIPPED[0], ["schedule.epoch=3"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        load_recipe(SHIPPED[0], ["schedule.epochs"])
+
+
+def test_set_in_recipe_returns_a_changed_copy_and_rejects_unknown_paths():
+    r = tiny()
+    r2 = set_in_recipe(r, "optimizer.lr", "3e-3")
+    assert r2["optimizer"]["lr"] == 3e-3 and r["optimizer"]["lr"] == 1e-2
+    with pytest.raises(KeyError, match="schedule.warmup"):
+        set_in_recipe(r, "schedule.warmup", 3)
+    with pytest.raises(KeyError, match="'epochs' is a value|schedule.epochs"):
+        set_in_recipe(r, "schedule.epochs.x", 3)
+
+
+def test_primary_metric_and_its_direction():
+    assert primary_metric(tiny()) == ("accuracy", "maximize")
+    assert primary_metric(tiny(metrics=["error_rate"])) == ("error_rate", "minimize")
+    assert primary_metric(tiny(metrics=[])) == ("valid_loss", "minimize")
+
+
+# ---------------------------------------------------------------------------------- learners
+
+
+def test_build_learner_wires_the_recipe():
+    from fastai.callback.fp16 import MixedPrecision
+
+    learn = build_learner(tiny(callbacks=[{"name": "ema", "decay": 0.9}]))
+    assert learn.recipe["name"] == "tiny"
+    assert [m.name for m in learn.metrics] == ["accuracy"]
+    assert any(type(cb).__name__ == "EMACallback" for cb in learn.cbs)
+    assert len(learn.dls.loaders) == 3
+    assert learn.dls.vocab == ["0", "1", "2"]
+    assert not any(isinstance(cb, MixedPrecision) for cb in learn.cbs) or torch.cuda.is_available()
+
+
+def test_evaluate_matches_an_independent_accuracy_on_the_test_split():
+    learn = build_learner(tiny())
+    fit_learner(learn)
+    res = evaluate(learn, ds_idx=2)
+    test = learn.dls.splits.test
+    with torch.no_grad():
+        learn.model.eval()
+        logits = learn.model(torch.as_tensor(test.x))
+    acc = (logits.argmax(1).numpy() == test.y).mean()
+    ce = torch.nn.functional.cross_entropy(logits, torch.as_tensor(test.y)).item()
+    assert res["accuracy"] == pytest.approx(acc, abs=1e-6)
+    assert res["loss"] == pytest.approx(ce, rel=1e-4)
+
+
+def test_get_preds_on_loader_2_follows_the_test_split_order_and_predict_decodes_names():
+    learn = build_learner(tiny())
+    fit_learner(learn)
+    preds, targs = learn.get_preds(ds_idx=2)
+    test = learn.dls.splits.test
+    assert preds.shape == (len(test), 3)
+    np.testing.assert_array_equal(targs.numpy(), test.y)
+    name, idx, probs = learn.predict(torch.as_tensor(test.x[0]))
+    assert name == learn.dls.vocab[int(idx)]
+    assert torch.allclose(probs, preds[0], atol=1e-5)
+
+
+def _cos(start: float, end: float, pos: float) -> float:
+    return end + (start - end) * (1 + math.cos(math.pi * pos)) / 2
+
+
+def test_flat_cos_schedule_keeps_lr_flat_then_anneals_to_lr_over_div_final():
+    learn = build_learner(tiny(**{"schedule.div_final": 100.0, "schedule.epochs": 4}))
+    fit_learner(learn)
+    lrs = np.asarray(learn.recorder.lrs)
+    n = len(lrs)
+    lr, pct = 1e-2, 0.75
+    expected = [lr if i / n < pct else _cos(lr, lr / 100, (i / n - pct) / (1 - pct))
+                for i in range(n)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+
+
+def test_one_cycle_schedule_warms_up_from_lr_over_div_then_anneals():
+    learn = build_learner(tiny(**{"schedule.fit": "one_cycle", "schedule.div": 10.0,
+                                  "schedule.epochs": 4}))
+    fit_learner(learn)
+    lrs = np.asarray(learn.recorder.lrs)
+    n = len(lrs)
+    lr, pct = 1e-2, 0.25
+    expected = [_cos(lr / 10, lr, (i / n) / pct) if i / n < pct
+                else _cos(lr, lr / 1e5, (i / n - pct) / (1 - pct)) for i in range(n)]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-6)
+
+
+def test_same_seed_gives_the_same_metric_and_another_seed_does_not():
+    a = run_recipe(tiny(), progress=False)
+    b = run_recipe(tiny(), progress=False)
+    c = run_recipe(tiny(seed=1), progress=False)
+    assert a.test == b.test
+    pd.testing.assert_frame_equal(a.history.drop(columns=["seconds", "timestamp"]),
+                                  b.history.drop(columns=["seconds", "timestamp"]))
+    assert a.history["train_loss"].tolist() != c.history["train_loss"].tolist()
+
+
+def test_build_dataloaders_uses_the_given_splits_and_keeps_test_unshuffled():
+    from fasttricks.datasets import load_dataset
+
+    recipe = tiny()
+    splits = load_dataset("synthetic", n_samples=300)
+    folds = splits.resplit(np.arange(0, 150), np.arange(150, len(splits.pool())))
+    dls = build_dataloaders(recipe, splits=folds)
+    assert dls.splits is folds
+    assert len(dls.train.dataset) == 150 and len(dls.valid.dataset) == len(folds.valid)
+    ys = torch.cat([b[1] for b in dls[2]]).numpy()
+    np.testing.assert_array_equal(ys, folds.test.y)
+    ys_again = torch.cat([b[1] for b in dls[2]]).numpy()
+    np.testing.assert_array_equal(ys_again, ys)
+
+
+def _longtail(*changes: str) -> dict:
+    return load_recipe({"name": "lt", "data": {"name": "longtail", "base": "digits",
+                                               "imbalance": 10, "bs": 32},
+                        "model": {"name": "mlp", "hidden": [16]},
+                        "schedule": {"epochs": 1}}, list(changes))
+
+
+def test_oversample_true_grows_every_training_class_to_the_largest():
+    plain = build_dataloaders(_longtail())
+    over = build_dataloaders(_longtail("data.oversample=true"))
+    counts = np.bincount(over.splits.train.y)
+    assert (counts == np.bincount(plain.splits.train.y).max()).all()
+    assert len(over.train.dataset) == counts.sum()
+    np.testing.assert_array_equal(over.splits.test.y, plain.splits.test.y)  # test untouched
+    half = build_dataloaders(_longtail("data.oversample=0.5"))
+    c = np.bincount(half.splits.train.y)
+    assert c.min() == math.ceil(0.5 * c.max())
+    with pytest.raises(ValueError, match="data.oversample"):
+        _longtail("data.oversample=3")
+
+
+def test_weighted_sampler_draws_classes_with_inverse_frequency():
+    dls = build_dataloaders(_longtail("data.sampler=weighted", "data.weights=inv"))
+    y = dls.splits.train.y
+    drawn = np.concatenate([torch.cat([b[1] for b in dls.train]).numpy() for _ in range(20)])
+    share = np.bincount(drawn, minlength=10) / len(drawn)
+    np.testing.assert_allclose(share, 0.1, atol=0.02)  # balanced, although y is 10:1
+    assert np.bincount(y)[0] >= 8 * np.bincount(y)[-1]
+    sqrt = build_dataloaders(_longtail("data.sampler=weighted"))
+    drawn = np.concatenate([torch.cat([b[1] for b in sqrt.train]).numpy() for _ in range(20)])
+    n = np.bincount(y).astype(float)
+    np.testing.assert_allclose(np.bincount(drawn, minlength=10) / len(drawn),
+                               np.sqrt(n) / np.sqrt(n).sum(), atol=0.02)
+    with pytest.raises(KeyError, match="Did you mean 'inv'"):
+        _longtail("data.sampler=weighted", "data.weights=invv")
+
+
+def test_retrain_at_best_retrains_from_scratch_for_best_epoch_plus_one(tmp_cwd):
+    recipe = tiny(**{"retrain_at_best": True, "schedule.epochs": 5, "optimizer.lr": 3e-2})
+    result = run_recipe(recipe, out_dir="runs", progress=False)
+    best = result.extra["save_best"]
+    first = pd.DataFrame(best["history"])
+    assert len(first) == 5
+    # best_epoch is the 0-based index of the best valid accuracy (first one on ties)
+    assert best["best_epoch"] == int(first["accuracy"].to_numpy().argmax())
+    assert best["best_value"] == pytest.approx(first["accuracy"].max())
+    assert result.extra["retrain"]["epochs"] == best["best_epoch"] + 1
+    assert len(result.history) == best["best_epoch"] + 1
+    summary = json.loads((tmp_cwd / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["save_best"]["best_epoch"] == best["best_epoch"]
+    assert summary["retrain"]["test"] == pytest.approx(result.test)
+    assert not (tmp_cwd / "models").exists()  # the save-best checkpoint went to a temp folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU behaviour")
+def test_fp16_auto_is_off_without_cuda():
+    from fastai.callback.fp16 import MixedPrecision
+
+    for flag in ("auto", True):
+        learn = build_learner(tiny(fp16=flag))
+        assert not any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
+
+
+@pytest.mark.cuda
+def test_fp16_auto_is_on_with_cuda_and_channels_last_for_conv_nets():
+    from fastai.callback.fp16 import MixedPrecision
+
+    learn = build_learner(load_recipe(ROOT / "recipes" / "digits.yaml",
+                                      ["schedule.epochs=1", "fp16=auto"]))
+    assert any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
+    conv = next(m for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    fit_learner(learn)
+    assert math.isfinite(evaluate(learn)["loss"])
+    off = build_learner(load_recipe(ROOT / "recipes" / "digits.yaml", ["fp16=false"]))
+    assert not any(isinstance(cb, MixedPrecision) for cb in off.cbs)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_recipe_runs_one_short_epoch(path):
+    result = run_recipe(load_recipe(path, ["schedule.epochs=1"]), progress=False)
+    assert len(result.history) == 1
+    metric, _ = primary_metric(result.learn.recipe)
+    assert math.isfinite(result.test["loss"]) and 0.0 <= result.test[metric] <= 1.0
+
+
+# ---------------------------------------------------------------------------------- runs folder
+
+
+def test_run_folder_holds_config_metrics_model_and_curves(tmp_cwd):
+    recipe = tiny(**{"schedule.epochs": 3})
+    result = run_recipe(recipe, out_dir="runs", progress=False)
+    run = tmp_cwd / "runs" / "tiny"
+    assert result.out_dir == Path("runs") / "tiny"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "curves.png", "metrics.csv", "model.pth", "recipe.yaml", "summary.json"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert load_recipe(run / "recipe.yaml") == recipe
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["epoch"]) == [0, 1, 2]
+    assert {"train_loss", "valid_loss", "accuracy", "seconds", "timestamp"} <= set(metrics)
+    stamps = [datetime.fromisoformat(t) for t in metrics["timestamp"]]
+    assert stamps == sorted(stamps)
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"] == pytest.approx(result.test)
+    # the saved weights reproduce the reported test numbers in a freshly built learner
+    fresh = build_learner(recipe)
+    fresh.model.load_state_dict(torch.load(run / "model.pth"))
+    assert evaluate(fresh)["accuracy"] == pytest.approx(result.test["accuracy"])
+
+
+def _cli(args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, "-m", "fasttricks.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_trains_writes_the_run_and_prints_one_summary_line(tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny()))
+    out = _cli([str(recipe), "--set", "schedule.epochs=2", "--set", "optimizer.lr=5e-3",
+                "--no-progress", "--threads", "1"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tiny (seed 0): test accuracy ")
+    saved = load_recipe(tmp_path / "runs" / "tiny" / "recipe.yaml")
+    assert saved["optimizer"]["lr"] == 5e-3 and saved["schedule"]["epochs"] == 2
+
+
+def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("data: {name: synthetic}\nmodel: {name: mlp}\nschedule: {epoch: 3}\n")
+    out = _cli([str(recipe)], tmp_path)
+    assert out.returncode == 2
+    assert "schedule.epoch" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_seeds_report_mean_std_and_standard_error(tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny()))
+    out = _cli([str(recipe), "--seeds", "2", "--no-progress", "--threads", "1"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    base = tmp_path / "runs" / "tiny"
+    assert sorted(p.name for p in base.glob("seed_*")) == ["seed_0", "seed_1"]
+    table = pd.read_csv(base / "seeds.csv")
+    summary = json.loads((base / "seeds.json").read_text())
+    vals = table["test_accuracy"].to_numpy()
+    mean = vals.sum() / 2
+    std = math.sqrt(((vals - mean) ** 2).sum() / 1)
+    assert summary["test"]["mean"] == pytest.approx(mean)
+    assert summary["test"]["std"] == pytest.approx(std)
+    assert summary["test"]["stderr"] == pytest.approx(std / math.sqrt(2))
+    assert "over 2 seeds: mean" in out.stdout.strip().splitlines()[-1]
