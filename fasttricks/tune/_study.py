@@ -235,6 +235,7 @@ def make_objective(recipe: Mapping[str, Any], space: Mapping[str, Param], metric
         trial_recipe = apply_params(recipe, space, lambda param: param.suggest(trial))
         pruning = PruningCallback(trial, monitor=metric, max_steps=recipe_epochs(trial_recipe))
         learn = build_learner(trial_recipe)
+        trial.set_user_attr("device", str(next(learn.model.parameters()).device))
         try:
             with _quiet_fit(learn):
                 fit_learner(learn, trial_recipe, cbs=[pruning])
