@@ -122,8 +122,8 @@ def _tiny_recipe(tmp_path, epochs):
 def test_cli_workers_on_postgres_survive_a_killed_worker(postgres_url, tmp_path):
     """The command line end to end: 2 workers, heartbeat 1 s, one SIGKILLed mid-trial."""
     url = _fresh_db(postgres_url, "cli_workers")
-    _tiny_recipe(tmp_path, epochs=8)
-    n_trials = 4
+    _tiny_recipe(tmp_path, epochs=6)
+    n_trials = 3
     env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="Agg")
     launcher = subprocess.Popen(
         [sys.executable, "-m", "fasttricks.tune", "--recipe", "tiny.yaml", "--storage", url,

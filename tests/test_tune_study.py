@@ -138,6 +138,7 @@ def test_resume_fails_a_trial_left_running_by_a_dead_process(tmp_path):
     ({"space": {"optimizer.name": {"type": "categorical", "choices": ["adamw", "rangr"]}}},
      ValueError, "rangr"),
     ({"direction": "maximise"}, KeyError, "Did you mean 'maximize'"),
+    ({"metric": "acuracy"}, KeyError, "Did you mean 'accuracy'"),
     ({"storage": "redis://localhost"}, ValueError, "unsupported storage"),
 ])
 def test_bad_input_fails_before_any_trial(tmp_path, kwargs, error, needle):
@@ -227,3 +228,24 @@ def test_ctrl_c_marks_the_running_trial_failed_and_keeps_the_rest(tmp_path):
     assert study.trials[interrupted].state == TrialState.FAIL
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert (tmp_path / "runs" / "long" / "trials.csv").is_file()
+
+
+def test_metric_defaults_to_the_recipe_primary_metric_and_loss_is_minimized():
+    from fasttricks.tune._study import resolve_metric
+
+    recipe = _recipe()
+    assert resolve_metric(recipe) == ("accuracy", "maximize")
+    assert resolve_metric(recipe, "valid_loss") == ("valid_loss", "minimize")
+    assert resolve_metric(recipe, "accuracy", "minimize") == ("accuracy", "minimize")
+
+
+def test_resuming_a_study_with_another_metric_or_direction_is_refused(tmp_path):
+    from fasttricks.tune import prepare_study
+
+    options = dict(space=SPACE, study_name="fixed", root=tmp_path / "runs")
+    study, *_ = prepare_study(_recipe(), **options)
+    assert study.user_attrs["metric"] == "accuracy" and not study.trials
+    with pytest.raises(ValueError, match="already tunes metric 'accuracy'"):
+        prepare_study(_recipe(), metric="train_loss", direction="maximize", **options)
+    with pytest.raises(ValueError, match="already exists and maximizes"):
+        prepare_study(_recipe(), metric="valid_loss", **options)

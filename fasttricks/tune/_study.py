@@ -77,8 +77,13 @@ def resolve_metric(recipe: Mapping[str, Any], metric: str | None = None,
                    direction: str | None = None) -> tuple[str, str]:
     """The monitored metric and its direction.
 
-    Default: ``fasttricks.recipes.primary_metric(recipe)``. A ``metric`` without ``direction``
-    minimizes names containing "loss" and maximizes the rest (fastai's tracker convention).
+    Default: ``fasttricks.recipes.primary_metric(recipe)``. A ``metric`` must be a column the
+    recorder logs every epoch: ``train_loss``, ``valid_loss`` or one of the recipe's metrics.
+    Without ``direction``, names containing "loss" are minimized and the rest maximized
+    (fastai's tracker convention).
+
+    Raises:
+        KeyError: a metric the recipe does not record (lists those it does).
     """
     if direction is not None:
         check_choice("direction", direction, DIRECTIONS)
@@ -89,6 +94,8 @@ def resolve_metric(recipe: Mapping[str, Any], metric: str | None = None,
         return default_metric, direction or default_direction
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"metric must be a recorder column name, got {metric!r}")
+    recorded = ["train_loss", "valid_loss", *recipe.get("metrics", [])]
+    check_choice("metric", metric, recorded)
     if direction is None:
         direction = "minimize" if "loss" in metric else "maximize"
     return metric, direction
