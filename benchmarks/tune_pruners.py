@@ -14,7 +14,8 @@ Run::
     python benchmarks/tune_pruners.py                 # about 10-15 minutes on a 2-core CPU
     python benchmarks/tune_pruners.py --trials 8 --epochs 9     # a quick look
 
-Writes ``benchmarks/results/tune_pruners.json`` and ``tune_pruners.png``.
+Writes ``benchmarks/results/tune_pruners.json`` and ``tune_pruners.png`` (``--name`` changes
+the basename).
 """
 
 from __future__ import annotations
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pruners", nargs="+", default=list(PRUNERS))
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--name", default="tune_pruners", help="basename of the JSON and PNG")
     args = parser.parse_args(argv)
 
     import optuna
@@ -211,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "results": results,
     }
-    atomic_write_text(out / "tune_pruners.json", json.dumps(report, indent=2) + "\n")
-    plot(results, out / "tune_pruners.png")
+    atomic_write_text(out / f"{args.name}.json", json.dumps(report, indent=2) + "\n")
+    plot(results, out / f"{args.name}.png")
     print("\n| pruner | best valid acc | test acc of best | epochs | vs none |")
     print("|---|---|---|---|---|")
     for name, row in results.items():
