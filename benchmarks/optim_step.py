@@ -33,8 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fasttricks._io import atomic_write_text  # noqa: E402
-from fasttricks.optim import create_optimizer  # noqa: E402
+from fasttricks._io import atomic_write_text
+from fasttricks.optim import create_optimizer
 
 log = logging.getLogger("optim_step")
 STEPS_PER_BLOCK = 6  # one Lookahead period
@@ -91,7 +91,7 @@ def peers(device: str) -> dict[str, Callable[[list[torch.Tensor]], Any]]:
         out["ranger-adabelief 0.1.0"] = _package
     try:
         from fastxtend.optimizer.fused import ranger as fx_ranger
-    except Exception as err:  # not installed, or incompatible with this fastai
+    except Exception as err:  # noqa: BLE001  (not installed, or broken with this fastai)
         log.warning("fastxtend not importable (%s): peer skipped", err)
     else:
         out["fastxtend ranger (foreach)"] = lambda ps: fx_ranger(foreach=True)(ps, lr=lr)

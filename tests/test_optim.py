@@ -19,7 +19,6 @@ from torch import nn
 
 from fasttricks.optim import (
     SGD,
-    AdamW,
     OptimizerConfig,
     Ranger,
     RangerAdaBelief,
@@ -33,10 +32,19 @@ from fasttricks.optim import (
 NINE = ["adamw", "ranger", "ranger_nogc", "rangeradabelief", "rangeradabelief_nogc", "sgd",
         "sgd_momentum", "sgd_nesterov", "rmsprop"]
 STEPS = 36
-TOL = dict(atol=1e-6, rtol=1e-6)
+TOL = {"atol": 1e-6, "rtol": 1e-6}
 
 
 # ------------------------------------------------------------------ helpers
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: a second thread only adds synchronisation cost on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_model(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
     """Conv (4-D weight), BatchNorm (1-D weight/bias), Linear (2-D weight): every kind of param."""
     torch.manual_seed(seed)
@@ -62,7 +70,9 @@ def backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def assert_same_params(a: nn.Module, b: nn.Module, step: int, **tol: float) -> None:
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-        torch.testing.assert_close(pa, pb, **(tol or TOL), msg=lambda m: f"step {step} {name}: {m}")
+        torch.testing.assert_close(
+            pa, pb, **(tol or TOL), msg=lambda m, name=name: f"step {step} {name}: {m}"
+        )
 
 
 def decoupled_decay(model: nn.Module, lr: float, wd: float, only_nd: bool = True) -> None:
@@ -340,8 +350,8 @@ def test_step_hooks_run_once_per_step():
         model = make_model()
         opt = create_optimizer(model, name, 1e-3, wd=0.1, bn_wd=False)
         calls = []
-        opt.register_step_pre_hook(lambda *a: calls.append("pre"))
-        opt.register_step_post_hook(lambda *a: calls.append("post"))
+        opt.register_step_pre_hook(lambda *a, calls=calls: calls.append("pre"))
+        opt.register_step_post_hook(lambda *a, calls=calls: calls.append("post"))
         backward(model, *data())
         opt.step()
         assert calls == ["pre", "post"], name

@@ -84,12 +84,14 @@ def test_failing_writer_leaves_old_file_and_no_temp_file(tmp_path):
     target = tmp_path / "result.json"
     target.write_text("old")
 
-    with pytest.raises(RuntimeError, match="midway"):
-        with atomic_path(target) as tmp:
-            with open(tmp, "w") as fh:
-                fh.write("half of the new con")
-                fh.flush()
-                raise RuntimeError("writer died midway")
+    with (
+        pytest.raises(RuntimeError, match="midway"),
+        atomic_path(target) as tmp,
+        open(tmp, "w") as fh,
+    ):
+        fh.write("half of the new con")
+        fh.flush()
+        raise RuntimeError("writer died midway")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 

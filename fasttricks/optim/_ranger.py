@@ -73,8 +73,18 @@ class _Block:
     """Slices of parameters (same group, device, dtype and step) updated by one set of foreach
     calls. Rows of a parameter are never split, so centralization can work block by block."""
 
-    __slots__ = ("params", "grads", "exp_avgs", "exp_avg_sqs", "slow", "gc_grads", "gc_dims",
-                 "wd_params", "wd_grads", "numel")
+    __slots__ = (
+        "exp_avg_sqs",
+        "exp_avgs",
+        "gc_dims",
+        "gc_grads",
+        "grads",
+        "numel",
+        "params",
+        "slow",
+        "wd_grads",
+        "wd_params",
+    )
 
     def __init__(self) -> None:
         self.params: list[Tensor] = []
@@ -144,9 +154,9 @@ class _RangerBase(torch.optim.Optimizer):
         bn_wd: bool,
     ) -> None:
         validate_ranger_args(lr, betas, eps, weight_decay, k, alpha)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, k=k,
-                        alpha=alpha, use_gc=bool(use_gc), true_wd=bool(true_wd),
-                        bn_wd=bool(bn_wd))
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                    "k": k, "alpha": alpha, "use_gc": bool(use_gc), "true_wd": bool(true_wd),
+                    "bn_wd": bool(bn_wd)}
         if isinstance(params, Tensor):
             params = [params]
         super().__init__(params, defaults)

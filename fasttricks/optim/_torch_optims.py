@@ -14,7 +14,7 @@ import torch
 
 from ._decay import WeightDecayRules
 
-__all__ = ["AdamW", "RMSprop", "SGD"]
+__all__ = ["SGD", "AdamW", "RMSprop"]
 
 
 def _as_list(params: Iterable[Any] | torch.Tensor) -> list[Any]:
@@ -41,7 +41,7 @@ def _kernel_choice(
     if fused and not native:
         raise ValueError(
             "fused=True needs the optimizer's native weight-decay rule (bn_wd=True and the "
-            f"native true_wd); got a rule that is applied outside the kernel, use fused=False"
+            "native true_wd); got a rule that is applied outside the kernel, use fused=False"
         )
     if fused is None:
         fused = can_fuse and on_cuda and native and foreach is not True
