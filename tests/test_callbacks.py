@@ -254,6 +254,29 @@ def test_save_best_lower_is_better_for_losses_and_min_delta(tmp_path):
     assert not SaveBestCallback(monitor="accuracy").lower_is_better
 
 
+def test_save_best_with_opt_saves_the_optimizer_state_of_the_best_epoch(tmp_path):
+    x, y = _data(32)
+    states = []
+
+    class OptLog(Callback):
+        order = 62
+
+        def after_epoch(self):
+            states.append(copy.deepcopy(self.learn.opt.state_dict()))
+
+    best = SaveBestCallback(monitor="score", with_opt=True)
+    learn = _learner(_model(), x, y, bs=8, metrics=[EpochScore([0.3, 0.7, 0.2])],
+                     cbs=[best, OptLog()], opt_func=partial(Adam), path=tmp_path)
+    _fit(learn, 3, 1e-2)
+    saved = torch.load(best.ckpt_path, weights_only=False)
+    assert set(saved) == {"model", "opt"}
+    avg = [s["grad_avg"] for s in saved["opt"]["state"] if "grad_avg" in s]
+    ref = [s["grad_avg"] for s in states[1]["state"] if "grad_avg" in s]
+    assert avg and all(torch.equal(a, r) for a, r in zip(avg, ref))
+    now = [s["grad_avg"] for s in learn.opt.state_dict()["state"] if "grad_avg" in s]
+    assert all(torch.equal(a, r) for a, r in zip(now, ref))  # reloaded with the weights
+
+
 def test_save_best_unknown_monitor_lists_recorded_names_and_closest(tmp_path):
     x, y = _data(16)
     learn = _learner(_model(), x, y, bs=8, metrics=[accuracy], path=tmp_path,
@@ -400,6 +423,8 @@ def test_ema_with_save_best_keeps_the_best_ema_weights(tmp_path):
                      path=tmp_path)
     _fit(learn, 3, 0.3)
     assert best.best_epoch == 1
+    state = torch.load(tmp_path / "models" / "best_ema.pth", weights_only=True)
+    assert state["num_updates"] == 8  # saved with the epoch-1 checkpoint (2 epochs x 4 steps)
     for k, v in learn.model.state_dict().items():
         assert torch.equal(v, snaps[1][k])
     assert not torch.equal(snaps[1]["0.weight"], snaps[2]["0.weight"])

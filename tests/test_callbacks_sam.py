@@ -346,3 +346,21 @@ def test_sam_with_every_optimizer_lowers_the_loss(name, adaptive):
         learn.fit(2, _LR.get(name, 0.1))
         after = learn.validate()[0]
     assert after < 0.8 * before, (name, before, after)
+
+
+def test_sam_with_loss_filter_uses_the_kept_samples_in_both_passes():
+    from fasttricks.callbacks import BatchLossFilterCallback, loss_filter_mask
+
+    x, y = _data(16, seed=6)
+    model = _model(seed=6)
+    lr, rho, perc = 0.5, 0.2, 0.5
+    with torch.no_grad():
+        keep = loss_filter_mask(F.cross_entropy(model(x), y, reduction="none"), perc)
+    assert 1 < int(keep.sum()) < 16
+    expected, _ = _sam_by_hand(model, x[keep], y[keep], lr, rho, adaptive=False)
+    cbs = [BatchLossFilterCallback(perc), SAMCallback(rho=rho)]
+    learn = _learner(model, x, y, bs=16, cbs=cbs)
+    _fit(learn, 1, lr)
+    for p, w in zip(learn.model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), w, rtol=1e-5, atol=1e-6)
+    assert learn.loss_func.reduction == "mean"

@@ -32,7 +32,8 @@ class SaveBestCallback(Callback):
     or ``error`` is better when lower, anything else when higher. An epoch counts as better when
     it beats the best so far by more than ``min_delta``. The checkpoint goes to
     ``learn.path/learn.model_dir/{fname}.pth`` in fastai's ``learn.save`` format (so
-    ``learn.load(fname)`` reads it), written atomically.
+    ``learn.load(fname)`` reads it), written atomically. With an :class:`EMACallback` on the
+    learner, its state is saved beside it as ``{fname}_ema.pth`` (``EMACallback.load(fname)``).
 
     After fit, ``best_epoch`` (0-based epoch index, None if no epoch completed) and ``best_value``
     hold the best epoch and its value; ``ckpt_path`` the checkpoint file.
@@ -128,6 +129,11 @@ class SaveBestCallback(Callback):
         if self.with_opt and opt is not None:
             state = {"model": state, "opt": opt.state_dict()}
         atomic_torch_save(state, self.ckpt_path)
+        from fasttricks.callbacks.ema import EMACallback
+
+        for cb in self.learn.cbs:  # keep the EMA state with the checkpoint it belongs to
+            if isinstance(cb, EMACallback) and cb.ema_params is not None:
+                cb.save(self.fname)
 
     def after_fit(self) -> None:
         if not self.reload or self.best_epoch is None or self.ckpt_path is None:
