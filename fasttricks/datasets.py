@@ -38,9 +38,15 @@ from fasttricks._validate import check_choice, check_range
 __all__ = [
     "DataSplits",
     "Split",
+    "dataset_parameters",
+    "digits",
     "image_folder",
     "list_datasets",
     "load_dataset",
+    "longtail",
+    "mnist1d",
+    "multilabel",
+    "synthetic",
     "tabular_csv",
 ]
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import fastai.callback.schedule  # noqa: F401  (patches Learner.lr_find / fit_flat_cos)
 from fastai.callback.core import Callback
@@ -88,9 +90,16 @@ def suggest_lr(
     check_range("start_lr", start_lr, low=0.0, low_inclusive=False)
     if end_lr <= start_lr:
         raise ValueError(f"end_lr must be above start_lr, got {end_lr!r} <= {start_lr!r}")
-    with learn.no_bar():
-        found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
-                              show_plot=show_plot, suggest_funcs=(minimum, steep))
+    # lr_find parks the weights in learn.path/model_dir/_tmp.pth: keep that out of the user's
+    # folders (and working in read-only ones)
+    path, model_dir = learn.path, learn.model_dir
+    with tempfile.TemporaryDirectory(prefix="fasttricks-lr-find-") as tmp, learn.no_bar():
+        learn.path, learn.model_dir = Path(tmp), "."
+        try:
+            found = learn.lr_find(start_lr=start_lr, end_lr=end_lr, num_it=num_it,
+                                  show_plot=show_plot, suggest_funcs=(minimum, steep))
+        finally:
+            learn.path, learn.model_dir = path, model_dir
     result = LRRange(steep=float(found.steep), minimum=float(found.minimum))
     logger.info("suggested %s", result)
     return result
@@ -114,7 +123,9 @@ class _StageRecorder(Callback):
         opt = self.learn.opt
         self.stages.append({
             "lrs": [h["lr"] for h in opt.hypers],
-            "trainable": [any(p.requires_grad for p in pg) for pg in opt.param_lists],
+            # weights (ndim > 1) only: fastai keeps norm layers trainable in frozen groups
+            "trainable": [any(p.requires_grad for p in pg if p.ndim > 1)
+                          for pg in opt.param_lists],
         })
 
 
@@ -146,7 +157,9 @@ def fine_tune_staged(
 
     Returns:
         One record per stage that ran: its name, epochs, the lr it was given and, read from
-        the optimizer at the stage's first batch, each group's lr and whether it trained.
+        the optimizer at the stage's first batch, each group's lr and whether its weights
+        (parameters with ndim > 1) trained; fastai's ``train_bn`` keeps norm layers of frozen
+        groups trainable.
     """
     check_range("lr", lr, low=0.0, low_inclusive=False)
     check_choice("fit", fit, ("flat_cos", "one_cycle"))

@@ -24,7 +24,16 @@ from torch import nn
 
 from fasttricks._validate import check_choice, check_range
 
-__all__ = ["create_model", "list_models", "model_input_kind"]
+__all__ = [
+    "cnn1d",
+    "cnn2d",
+    "create_model",
+    "list_models",
+    "mlp",
+    "model_factory",
+    "model_input_kind",
+    "tabular",
+]
 
 
 def _as_tuple(name: str, values: int | Sequence[int]) -> tuple[int, ...]:

@@ -34,7 +34,7 @@ import yaml
 
 from fasttricks._io import atomic_path, atomic_torch_save, atomic_write_csv, atomic_write_text
 
-__all__ = ["main", "plot_history", "run_seeds", "seed_summary", "write_run"]
+__all__ = ["main", "plot_history", "run_seeds", "seed_summary", "summary_line", "write_run"]
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ def _learner(seed: int = 0) -> Learner:
                    splitter=lambda m: [params(m[0]), params(m[1]), params(m[2])])
 
 
-def test_suggest_lr_is_the_range_between_steepest_and_minimum_over_ten():
+def test_suggest_lr_is_the_range_between_steepest_and_minimum_over_ten(tmp_cwd):
     learn = _learner()
     before = [p.detach().clone() for p in learn.model.parameters()]
     rng = suggest_lr(learn, num_it=60)
@@ -58,6 +58,7 @@ def test_suggest_lr_is_the_range_between_steepest_and_minimum_over_ten():
     assert rng.steep == pytest.approx(steep)
     assert rng.low == min(steep, minimum) and rng.high == max(steep, minimum)
     assert rng.mid == pytest.approx(math.sqrt(steep * minimum))
+    assert list(tmp_cwd.iterdir()) == []  # lr_find's checkpoint went to a temp folder
 
 
 def test_lr_range_orders_its_ends_and_prints_them():

@@ -461,6 +461,25 @@ def test_run_folder_holds_config_metrics_model_and_curves(tmp_cwd):
     assert evaluate(fresh)["accuracy"] == pytest.approx(result.test["accuracy"])
 
 
+def test_an_interrupted_write_leaves_no_half_written_file(tmp_path, monkeypatch):
+    import fasttricks.train as train
+
+    result = run_recipe(tiny(), progress=False)
+    run = tmp_path / "run"
+
+    def broken_plot(history, metric, path):
+        with train.atomic_path(path) as tmp:
+            tmp.write_bytes(b"\x89PNG half")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "plot_history", broken_plot)
+    with pytest.raises(KeyboardInterrupt):
+        train.write_run(result, run)
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["metrics.csv", "model.pth", "recipe.yaml"]  # complete files only
+    assert torch.load(run / "model.pth").keys() == result.learn.model.state_dict().keys()
+
+
 def _cli(args, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
     return subprocess.run([sys.executable, "-m", "fasttricks.train", *args], cwd=cwd, env=env,
@@ -503,3 +522,20 @@ def test_cli_seeds_report_mean_std_and_standard_error(tmp_path):
     assert summary["test"]["std"] == pytest.approx(std)
     assert summary["test"]["stderr"] == pytest.approx(std / math.sqrt(2))
     assert "over 2 seeds: mean" in out.stdout.strip().splitlines()[-1]
+
+
+def test_timm_model_from_a_recipe_trains_with_body_and_head_groups():
+    from fasttricks.lr import fine_tune_staged
+
+    recipe = load_recipe(ROOT / "recipes" / "digits.yaml",
+                         {"model": {"name": "timm:test_resnet"}, "schedule.epochs": 1})
+    learn = build_learner(recipe)
+    learn.create_opt()
+    head = {id(p) for p in learn.model.get_classifier().parameters()}
+    groups = learn.opt.param_lists
+    assert len(groups) == 2
+    assert {id(p) for p in groups[1]} == head and not head & {id(p) for p in groups[0]}
+    stages = fine_tune_staged(learn, 1e-3, epochs=(1, 0, 1))
+    assert stages[0]["trainable"] == [False, True]
+    np.testing.assert_allclose(stages[1]["lrs"], [1e-5, 5e-4])
+    assert math.isfinite(evaluate(learn)["loss"])
