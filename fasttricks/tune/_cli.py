@@ -126,8 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fasttricks.tune._study import prepare_study, tune
 
     is_worker = args.worker is not None
+    # SIGTERM stops as cleanly as Ctrl-C. A worker also restores Python's Ctrl-C handler: a
+    # process started in the background by a shell inherits SIGINT ignored, and the launcher
+    # forwards SIGINT to stop its workers.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     if is_worker:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     workers = args.workers if args.workers is not None else (len(args.gpus) if args.gpus else 1)
     if args.mlflow is not None:
         from fasttricks.tune._mlflow import import_mlflow
@@ -170,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             **options,
         )
     except KeyboardInterrupt:
-        print("interrupted: running trials were recorded as failed; re-run the same command "
-              "to resume", file=sys.stderr)
+        if not is_worker:  # the launcher speaks for its workers
+            print("interrupted: running trials were recorded as failed; re-run the same "
+                  "command to resume", file=sys.stderr)
         return 130
     return 0

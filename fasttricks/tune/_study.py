@@ -476,32 +476,36 @@ def tune(
             from fasttricks.tune._mlflow import MLflowLogger
 
             mlflow_logger = MLflowLogger(mlflow, study.study_name, metric)
-        if workers > 1 or gpus:
-            from fasttricks.tune._workers import launch_workers
+        try:
+            if workers > 1 or gpus:
+                from fasttricks.tune._workers import launch_workers
 
-            launch_workers(
-                study, resolved, parsed_space, out, n_workers=workers, gpus=gpus,
-                args=dict(pruner=pruner, sampler=sampler, n_trials=n_trials, timeout=timeout,
-                          metric=metric, direction=study.direction.name.lower(), storage=storage,
-                          seed=seed, heartbeat=heartbeat, max_retry=max_retry, mlflow=mlflow,
-                          threads=threads if threads is not None else default_threads(workers)),
-                root=root,
-            )
-        else:
-            callbacks: list[Any] = []
-            if progress:
-                callbacks.append(TrialProgress(metric, recipe_epochs(resolved), progress_prefix))
-            if mlflow is not None:
-                callbacks.append(mlflow_logger)
-            objective = make_objective(resolved, parsed_space, metric)
-            try:
+                launch_workers(
+                    study, resolved, parsed_space, out, n_workers=workers, gpus=gpus,
+                    args=dict(pruner=pruner, sampler=sampler, n_trials=n_trials,
+                              timeout=timeout, metric=metric,
+                              direction=study.direction.name.lower(), storage=storage,
+                              seed=seed, heartbeat=heartbeat, max_retry=max_retry,
+                              mlflow=mlflow, threads=threads if threads is not None
+                              else default_threads(workers)),
+                    root=root,
+                )
+            else:
+                callbacks: list[Any] = []
+                if progress:
+                    callbacks.append(
+                        TrialProgress(metric, recipe_epochs(resolved), progress_prefix))
+                if mlflow is not None:
+                    callbacks.append(mlflow_logger)
+                objective = make_objective(resolved, parsed_space, metric)
                 with _torch_threads(threads if threads is not None else default_threads(1)):
                     run_trials(study, objective, n_trials, timeout, callbacks)
-            except KeyboardInterrupt:
-                # Optuna has already recorded the running trial as FAIL.
-                if write_results:
-                    _write_results(study, resolved, out, parsed_space)
-                raise
+        except KeyboardInterrupt:
+            # The running trials are already recorded as FAIL (by Optuna in this process, by
+            # the launcher for workers); keep what the finished ones found.
+            if write_results:
+                _write_results(study, resolved, out, parsed_space)
+            raise
         if write_results:
             written = _write_results(study, resolved, out, parsed_space)
             if progress:

@@ -72,7 +72,16 @@ def _command(index: int, study: Any, recipe_path: Path, space_path: Path, storag
     return cmd
 
 
+def _wait_all(procs: Sequence[subprocess.Popen], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.1)
+
+
 def _stop(procs: Sequence[subprocess.Popen], grace: float) -> None:
+    """Stop the workers: a terminal's Ctrl-C has reached them already, so first give them a
+    moment to record their trials; then SIGINT the rest, and SIGKILL what outlives ``grace``."""
+    _wait_all(procs, 5.0)
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
