@@ -158,7 +158,6 @@ def test_cli_reports_bad_input_as_one_line_and_exit_code_1(tmp_path, capsys, mon
 
 
 def test_cli_mlflow_without_the_package_says_how_to_install(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("optuna")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
     code = main(["--mlflow", "file:./mlruns"])
