@@ -180,6 +180,15 @@ def test_learner_wd_reaches_the_optimizer_and_overrides_are_the_default():
     assert rec.rows[-1][0]["weight_decay"] == 0.2
 
 
+def test_opt_func_spreads_a_slice_lr_over_groups_and_call_hypers_win():
+    groups = three_groups(make_model())
+    opt = get_optimizer("ranger", eps=1e-5)(groups, lr=slice(1e-4, 1e-2), eps=1e-3)
+    assert [g["lr"] for g in opt.opt.param_groups] == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert {g["eps"] for g in opt.opt.param_groups} == {1e-3}
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        get_optimizer("ranger")(groups, lr=1e-3, eps=0.0)
+
+
 def test_opt_func_pickles_and_the_copy_builds_the_same_optimizer():
     opt_func = get_optimizer("rangeradabelief", eps=1e-16, use_gc=False)
     clone = pickle.loads(pickle.dumps(opt_func))  # learn.export pickles the opt_func

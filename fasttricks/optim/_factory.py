@@ -133,6 +133,11 @@ class OptFunc:
         self.config, self.hypers = resolve_hyperparameters(self.name, **self.overrides)
 
     def __call__(self, params: Any, lr: float | slice = 1e-3, **hypers: Any) -> Any:
+        """Build the optimizer for ``params`` (a list, or a list of groups from a splitter).
+
+        ``lr`` may be a ``slice`` (spread over the groups as fastai does); ``hypers`` use the
+        same short names as the overrides and win over them.
+        """
         from ._fastai import FastaiOptimWrapper
 
         merged = {**self.overrides, **hypers}

@@ -1,0 +1,423 @@
+"""Search spaces: which recipe values a study samples, and from what range.
+
+A search space is YAML (or a mapping) from a dotted recipe key to a parameter spec::
+
+    optimizer.lr:   {type: float, low: 1.0e-4, high: 3.0e-2, log: true}
+    optimizer.name: {type: categorical, choices: [adamw, ranger, sgd_momentum]}
+    schedule.epochs: {type: int, low: 2, high: 8, step: 2}
+
+Types are ``float`` (``low``, ``high``, optional ``log`` or ``step``), ``int`` (``low``,
+``high``, optional ``log`` or ``step``, default step 1), ``categorical`` (``choices``: strings,
+numbers, booleans or null) and ``bool`` (shorthand for ``categorical`` with ``[false, true]``).
+
+Two forms switch whole parts of a recipe:
+
+- ``choices`` may be a mapping from a label to any recipe value; the label is sampled and its
+  value set, e.g. a whole loss section::
+
+      loss:
+        type: categorical
+        choices:
+          weighted_ce: {name: weighted_cross_entropy, weights: sqrt_inv}
+          focal: {name: focal, gamma: 2.0, alpha: sqrt_inv}
+
+- ``callbacks.<name>: {type: bool}`` adds (true) or removes (false) the registered callback
+  ``<name>`` (``ema``, ``sam``...) with its default options.
+
+Keys are set in this order: sections and ``*.name`` keys first, then callback switches, then
+the rest in file order. A key the trial's recipe does not accept after that (``optimizer.eps``
+when ``sgd`` was sampled, which has no eps) is not sampled in that trial: Optuna's
+define-by-run spaces handle such conditional parameters. Every spec is checked when the space
+is loaded, so a typo fails before any trial runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fasttricks._validate import ChoiceError, check_choice, closest
+
+__all__ = [
+    "Param",
+    "accepts",
+    "apply_params",
+    "apply_value",
+    "check_space_keys",
+    "default_space_path",
+    "load_space",
+    "ordered",
+    "space_spec",
+]
+
+PARAM_TYPES = ("float", "int", "categorical", "bool")
+_FIELDS = {
+    "float": {"type", "low", "high", "log", "step"},
+    "int": {"type", "low", "high", "log", "step"},
+    "categorical": {"type", "choices"},
+    "bool": {"type"},
+}
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Param:
+    """One sampled value of a search space: the dotted recipe key and its distribution.
+
+    Args:
+        key: dotted recipe key, e.g. ``"optimizer.lr"``.
+        type: ``"float"``, ``"int"`` or ``"categorical"`` (``bool`` specs become categorical).
+        low, high: inclusive bounds for numbers (``low <= high``).
+        log: sample on a log scale (numbers only; needs ``low > 0``; not with ``step``).
+        step: grid step for numbers (default None: continuous floats, 1 for ints).
+        choices: the candidates of a categorical parameter (at least one).
+    """
+
+    key: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] | None = None
+    values: tuple[Any, ...] | None = None
+
+    def value_of(self, sampled: Any) -> Any:
+        """The recipe value of a sampled choice (the preset behind a label, else itself)."""
+        if self.values is None:
+            return sampled
+        return self.values[self.choices.index(sampled)]
+
+    @property
+    def is_callback_switch(self) -> bool:
+        """True for ``callbacks.<name>: {type: bool}`` (adds or removes a callback)."""
+        parts = self.key.split(".")
+        return (len(parts) == 2 and parts[0] == "callbacks" and not parts[1].lstrip("-").isdigit()
+                and self.choices == (False, True))
+
+    def distribution(self) -> Any:
+        """The equivalent ``optuna.distributions`` object."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.type == "categorical":
+            return CategoricalDistribution(list(self.choices or ()))
+        if self.type == "int":
+            return IntDistribution(int(self.low), int(self.high), log=self.log,
+                                   step=int(self.step or 1))
+        return FloatDistribution(float(self.low), float(self.high), log=self.log,
+                                 step=None if self.step is None else float(self.step))
+
+    def suggest(self, trial: Any) -> Any:
+        """Sample this parameter from an ``optuna.Trial`` (the key is the parameter name)."""
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.key, list(self.choices or ()))
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high),
+                                     step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.key, float(self.low), float(self.high),
+                                   step=self.step, log=self.log)
+
+    def candidates(self) -> tuple[Any, ...]:
+        """Sampled values worth checking against a recipe: every choice, or both bounds."""
+        if self.type == "categorical":
+            return tuple(self.choices or ())
+        return (self.low, self.high)
+
+
+def _number(key: str, field: str, value: Any) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        # YAML reads 1e-3 (no dot) as a string: accept numeric strings, reject the rest.
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"search space {key!r}: {field} must be a number, got {value!r}"
+            ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"search space {key!r}: {field} must be finite, got {value!r}")
+    return value
+
+
+def _parse_param(key: Any, spec: Any) -> Param:
+    if not isinstance(key, str) or not key or key.startswith(".") or key.endswith("."):
+        raise ValueError(f"search space keys must be dotted recipe keys, got {key!r}")
+    if not isinstance(spec, Mapping):
+        raise ValueError(
+            f"search space {key!r}: expected a mapping like "
+            f"{{type: float, low: 1e-4, high: 1e-2, log: true}}, got {spec!r}"
+        )
+    kind = spec.get("type", _MISSING)
+    if kind is _MISSING:
+        raise ValueError(f"search space {key!r}: missing 'type' (one of {', '.join(PARAM_TYPES)})")
+    try:
+        check_choice(f"parameter type for {key!r}", kind, PARAM_TYPES)
+    except ChoiceError as err:
+        raise ValueError(f"search space {key!r}: {err}") from None
+    unknown = sorted(set(spec) - _FIELDS[kind])
+    if unknown:
+        hint = closest(unknown[0], _FIELDS[kind])
+        raise ValueError(
+            f"search space {key!r}: unknown field(s) {unknown} for type {kind!r}; allowed: "
+            f"{sorted(_FIELDS[kind])}" + (f". Did you mean {hint!r}?" if hint else "")
+        )
+    if kind == "bool":
+        return Param(key, "categorical", choices=(False, True))
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if isinstance(choices, Mapping):
+            if len(choices) == 0:
+                raise ValueError(
+                    f"search space {key!r}: choices is empty; give at least one value")
+            labels = tuple(choices)
+            for label in labels:
+                if not isinstance(label, str):
+                    raise ValueError(f"search space {key!r}: a preset label must be a string, "
+                                     f"got {label!r}")
+            return Param(key, "categorical", choices=labels,
+                         values=tuple(choices[label] for label in labels))
+        if not isinstance(choices, Sequence) or isinstance(choices, str):
+            raise ValueError(f"search space {key!r}: choices must be a list (or a mapping of "
+                             f"labels to values), got {choices!r}")
+        if len(choices) == 0:
+            raise ValueError(f"search space {key!r}: choices is empty; give at least one value")
+        for choice in choices:
+            if choice is not None and not isinstance(choice, (str, int, float, bool)):
+                raise ValueError(
+                    f"search space {key!r}: choice {choice!r} is not a string, number, "
+                    "boolean or null"
+                )
+        if len(set(map(repr, choices))) != len(choices):
+            raise ValueError(f"search space {key!r}: choices has duplicates: {list(choices)!r}")
+        return Param(key, "categorical", choices=tuple(choices))
+    for field in ("low", "high"):
+        if field not in spec:
+            raise ValueError(f"search space {key!r}: type {kind!r} needs {field!r}")
+    low = _number(key, "low", spec["low"])
+    high = _number(key, "high", spec["high"])
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ValueError(f"search space {key!r}: log must be true or false, got {log!r}")
+    step = spec.get("step")
+    if step is not None:
+        step = _number(key, "step", step)
+        if step <= 0:
+            raise ValueError(f"search space {key!r}: step must be > 0, got {step!r}")
+        if log:
+            raise ValueError(f"search space {key!r}: log and step cannot be used together")
+    if low > high:
+        raise ValueError(f"search space {key!r}: low must be <= high, got low={low!r} > "
+                         f"high={high!r}")
+    if log and low <= 0:
+        raise ValueError(f"search space {key!r}: log scale needs low > 0, got low={low!r}")
+    if kind == "int":
+        for field, value in (("low", low), ("high", high), ("step", step)):
+            if value is not None and float(value) != int(value):
+                raise ValueError(
+                    f"search space {key!r}: {field} must be an integer for type 'int', "
+                    f"got {value!r}"
+                )
+        return Param(key, "int", int(low), int(high), log,
+                     None if step is None else int(step))
+    return Param(key, "float", float(low), float(high), log,
+                 None if step is None else float(step))
+
+
+def load_space(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Param]:
+    """Read and validate a search space from a YAML file or a mapping.
+
+    Args:
+        source: a path to a YAML file, or a mapping ``{dotted key: spec}`` (see the module
+            docstring for the spec fields).
+
+    Returns:
+        ``{dotted key: Param}`` in file order.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a spec is malformed (unknown type or field, empty choices, ``low > high``,
+            log scale with ``low <= 0``...), echoing the key and the bad value.
+    """
+    if isinstance(source, Mapping):
+        raw: Any = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"search space file not found: {str(path)!r}")
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(
+            f"a search space must be a mapping of dotted recipe keys to specs, got "
+            f"{type(raw).__name__}: {raw!r}"
+        )
+    if not raw:
+        raise ValueError("the search space is empty: give at least one parameter to tune")
+    return {key: _parse_param(key, spec) for key, spec in raw.items()}
+
+
+def space_spec(space: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
+    """The YAML-ready mapping of ``space`` (``load_space(space_spec(s)) == s``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, param in space.items():
+        if param.type == "categorical" and param.values is not None:
+            out[key] = {"type": "categorical",
+                        "choices": dict(zip(param.choices or (), param.values, strict=True))}
+        elif param.type == "categorical":
+            out[key] = {"type": "categorical", "choices": list(param.choices or ())}
+        else:
+            spec: dict[str, Any] = {"type": param.type, "low": param.low, "high": param.high}
+            if param.log:
+                spec["log"] = True
+            if param.step is not None:
+                spec["step"] = param.step
+            out[key] = spec
+    return out
+
+
+def _dotted_keys(tree: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(tree, Mapping):
+        for name, value in tree.items():
+            full = f"{prefix}{name}"
+            keys.append(full)
+            keys.extend(_dotted_keys(value, full + "."))
+    return keys
+
+
+def ordered(space: Mapping[str, Param]) -> list[Param]:
+    """Parameters in the order they are set: sections and ``*.name`` first, then callback
+    switches, then the rest in space order (so conditional keys see the sampled name)."""
+
+    def rank(param: Param) -> int:
+        if "." not in param.key or param.key.endswith(".name"):
+            return 0
+        return 1 if param.is_callback_switch else 2
+
+    return sorted(space.values(), key=rank)
+
+
+def _switch_callback(recipe: Mapping[str, Any], name: str, on: bool) -> dict[str, Any]:
+    from fasttricks.recipes import set_in_recipe
+
+    entries = [dict(e) for e in recipe.get("callbacks") or []]
+    present = [e for e in entries if e.get("name") == name]
+    if on and not present:
+        entries.append({"name": name})
+    if not on:
+        entries = [e for e in entries if e.get("name") != name]
+    return set_in_recipe(recipe, "callbacks", entries)
+
+
+def apply_value(recipe: Mapping[str, Any], param: Param, sampled: Any) -> dict[str, Any]:
+    """A copy of ``recipe`` with ``param`` set to the sampled value (validated by the recipe)."""
+    from fasttricks.recipes import set_in_recipe
+
+    if param.is_callback_switch:
+        return _switch_callback(recipe, param.key.split(".", 1)[1], bool(sampled))
+    return set_in_recipe(recipe, param.key, param.value_of(sampled))
+
+
+def accepts(recipe: Mapping[str, Any], param: Param) -> bool:
+    """Whether ``recipe`` has ``param.key`` at all (values aside): False for a conditional key
+    such as ``optimizer.eps`` when the recipe's optimizer takes no eps."""
+    for sampled in param.candidates():
+        try:
+            apply_value(recipe, param, sampled)
+            return True
+        except KeyError:
+            return False
+        except (ValueError, TypeError):
+            continue
+    return True
+
+
+def apply_params(recipe: Mapping[str, Any], space: Mapping[str, Param],
+                 sample: Any) -> dict[str, Any]:
+    """Set every parameter of ``space`` in ``recipe``, in :func:`ordered` order.
+
+    ``sample(param)`` returns the sampled value (e.g. ``param.suggest(trial)``, or a stored
+    trial's ``params[param.key]``); it is not called for keys the recipe does not accept
+    after the earlier values were set.
+    """
+    out = dict(recipe)
+    for param in ordered(space):
+        if not accepts(out, param):
+            continue
+        out = apply_value(out, param, sample(param))
+    return out
+
+
+def check_space_keys(space: Mapping[str, Param], recipe: Mapping[str, Any]) -> None:
+    """Check that every key of ``space`` exists in ``recipe`` and accepts its values.
+
+    Each candidate value (every choice, or both bounds) goes through
+    ``fasttricks.recipes.set_in_recipe``, so a key the recipe schema does not know, or a choice
+    the recipe rejects (an unknown optimizer name...), fails before any trial runs. A key that
+    exists only for some choices of a ``*.name`` key (``optimizer.eps`` with ``sgd`` as the
+    recipe's optimizer but ``adamw`` among the choices) is valid if one of them accepts it.
+
+    Raises:
+        KeyError: a key is not in the recipe; names the closest existing key.
+        ValueError: the recipe rejects a candidate value; echoes key, value and the reason.
+    """
+    known = _dotted_keys(recipe)
+    variants = [dict(recipe)]
+    for param in ordered(space):
+        if param.type == "categorical" and ("." not in param.key or param.key.endswith(".name")):
+            for sampled in param.candidates():
+                try:
+                    variants.append(apply_value(recipe, param, sampled))
+                except (KeyError, ValueError, TypeError):
+                    pass
+    for param in space.values():
+        hosts = [v for v in variants if accepts(v, param)]
+        if not hosts:
+            try:
+                apply_value(recipe, param, param.candidates()[0])
+            except KeyError as err:
+                hint = closest(param.key, known)
+                raise ChoiceError(
+                    f"search space key {param.key!r} is not a key of recipe "
+                    f"{recipe.get('name', '?')!r} ({_reason(err)}); top-level sections: "
+                    f"{', '.join(map(str, recipe))}"
+                    + (f". Did you mean {hint!r}?" if hint else "")
+                ) from None
+        for sampled in param.candidates():
+            errors = []
+            for variant in hosts:
+                try:
+                    apply_value(variant, param, sampled)
+                    break
+                except (KeyError, ValueError, TypeError) as err:
+                    errors.append(err)
+            else:
+                raise ValueError(
+                    f"search space {param.key!r}: the recipe rejects the value "
+                    f"{param.value_of(sampled)!r}: {_reason(errors[0])}"
+                ) from None
+
+
+def _reason(err: BaseException) -> str:
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+def default_space_path(recipe_path: str | os.PathLike[str]) -> Path:
+    """The search space shipped beside a recipe: ``recipes/x.yaml`` -> ``recipes/x.space.yaml``."""
+    path = Path(recipe_path)
+    name = path.name
+    for suffix in (".yaml", ".yml"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return path.with_name(f"{name}.space.yaml")
