@@ -155,6 +155,17 @@ def run(
             "results": rows}
 
 
+def cpu_model() -> str:
+    """The CPU model name (``platform.processor()`` is often empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: str) -> dict[str, Any]:
     info = {
         "processor": platform.processor(),
@@ -164,7 +175,7 @@ def machine(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": device,
         "device_name": (torch.cuda.get_device_name(0) if device.startswith("cuda")
-                        else platform.processor() or platform.machine()),
+                        else cpu_model()),
         "note": "machine shared with other jobs while measuring; medians of interleaved runs",
     }
     return info

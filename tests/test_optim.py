@@ -605,3 +605,15 @@ def test_cuda_mixed_precision_loop_with_grad_scaler_trains(name):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.cuda
+def test_cuda_parameters_are_not_cut_into_cache_blocks():
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 1024)).cuda()
+    opt = create_optimizer(model, "ranger", 1e-3)
+    opt.block_numel = 1000
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    chains = opt._blocks(opt.param_groups[0])
+    assert [len(chain) for chain in chains.values()] == [1]
+    assert len(next(iter(chains.values()))[0].params) == 4

@@ -14,7 +14,7 @@
 
 Ranger is Less Wright's combination of the first three (2019); RangerAdaBelief adds the fourth.
 Every elementwise update runs with ``torch._foreach_*`` over all parameters of a parameter group
-that share device, dtype and step count. The lists are cut into cache-sized blocks (whole rows,
+that share device, dtype and step count. On CPU the lists are cut into cache-sized blocks (whole rows,
 about ``BLOCK_NUMEL`` elements each): the ~10 elementwise passes of a step then re-read a block
 from cache instead of main memory, which makes a CPU step cost about what torch's AdamW costs.
 """
@@ -69,6 +69,7 @@ def _rectification(step: int, beta2: float) -> float | None:
 # Elements per cache block: the update runs block by block, so the ~10 elementwise passes of one
 # step re-read a block from cache instead of memory (2**18 floats = 1 MiB per buffer).
 BLOCK_NUMEL = 2**18
+_NO_LIMIT = 2**62
 
 
 class _Block:
@@ -162,7 +163,7 @@ class _RangerBase(torch.optim.Optimizer):
         if isinstance(params, Tensor):
             params = [params]
         super().__init__(params, defaults)
-        #: elements per cache block (see BLOCK_NUMEL); results do not depend on it
+        #: elements per cache block on CPU (see BLOCK_NUMEL); results do not depend on it
         self.block_numel = BLOCK_NUMEL
 
     def _blocks(self, group: dict[str, Any]) -> dict[tuple[Any, ...], list[_Block]]:
@@ -189,8 +190,10 @@ class _RangerBase(torch.optim.Optimizer):
             tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"], state["slow_buffer"])
             gc = use_gc and p.ndim > 1
             decay = wd != 0 and decays(p, bn_wd)
-            for pieces, is_view in _row_slices(tensors, self.block_numel):
-                if chain[-1].numel >= self.block_numel:
+            # cache blocks help CPUs; on accelerators one multi-tensor launch per op is best
+            limit = self.block_numel if p.device.type == "cpu" else _NO_LIMIT
+            for pieces, is_view in _row_slices(tensors, limit):
+                if chain[-1].numel >= limit:
                     chain.append(_Block())
                 gc_dims = ((1,) if is_view else tuple(range(1, p.ndim))) if gc else None
                 chain[-1].add(pieces, gc_dims, decay)
