@@ -17,14 +17,6 @@ from fasttricks.models import create_model
 from fasttricks.recipes import build_learner, evaluate, fit_learner, load_recipe
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _rows(x: np.ndarray) -> set[bytes]:
     return {r.tobytes() for r in x.reshape(len(x), -1)}
 

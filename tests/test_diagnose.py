@@ -69,20 +69,7 @@ def digits_recipe():
 
 @pytest.fixture(scope="module")
 def digits_run(digits_recipe):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; one thread is faster under load
-    try:
-        return run_recipe(digits_recipe, progress=False)
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return run_recipe(digits_recipe, progress=False)
 
 
 def by_class(report: pd.DataFrame) -> pd.DataFrame:
@@ -251,7 +238,7 @@ def test_tied_scores_and_losses_keep_item_order():
 # ---------------------------------------------------------------------------------- seeds
 
 
-def test_seed_variance_statistics_match_numpy_over_real_runs(digits_recipe, one_thread):
+def test_seed_variance_statistics_match_numpy_over_real_runs(digits_recipe):
     sv = seed_variance(digits_recipe, seeds=(0, 1, 2), split="valid", progress=False)
     values = sv.values
     assert list(sv.table["seed"]) == [0, 1, 2] and sv.metric == "accuracy"

@@ -25,15 +25,6 @@ from fasttricks.recipes import build_dataloaders, load_recipe
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: one thread is faster and does not fight other jobs for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_digits(**changes):
     recipe = {
         "name": "tiny_digits",

@@ -18,14 +18,6 @@ from fasttricks.lr import LRRange, fine_tune_staged, suggest_lr
 from fasttricks.optim import get_optimizer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _learner(seed: int = 0) -> Learner:
     torch.manual_seed(seed)
     splits = load_dataset("synthetic", n_samples=400, seed=seed)

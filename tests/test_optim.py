@@ -36,15 +36,6 @@ TOL = {"atol": 1e-6, "rtol": 1e-6}
 
 
 # ------------------------------------------------------------------ helpers
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second thread only adds synchronisation cost on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
     """Conv (4-D weight), BatchNorm (1-D weight/bias), Linear (2-D weight): every kind of param."""
     torch.manual_seed(seed)

@@ -25,14 +25,6 @@ LRS = {"sgd": 0.1, "sgd_momentum": 0.05, "sgd_nesterov": 0.05, "rmsprop": 1e-3, 
 DEFAULT_LR = 3e-2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_dls(shuffle: bool = True) -> DataLoaders:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(384, 8, generator=gen)

@@ -32,15 +32,6 @@ RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 SHIPPED = [p for p in RECIPES if not p.name.endswith(".space.yaml")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The 2-core machine is shared; two torch threads fighting other processes run ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(**changes) -> dict:
     """A small, fast synthetic recipe; ``changes`` are dotted overrides."""
     recipe = {
