@@ -131,12 +131,15 @@ def test_cli_workers_on_postgres_survive_a_killed_worker(postgres_url, tmp_path)
          "none", "--heartbeat", "1", "--max-retry", "1", "--threads", "1"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    # One storage (one connection pool) for all the polling: a new storage per poll would
+    # open a new pool each time and run the server out of connections on a slow machine.
+    storage = optuna.storages.RDBStorage(url)
     victim = None
     deadline = time.monotonic() + 240
     while victim is None and time.monotonic() < deadline and launcher.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.2)
         try:
-            study = optuna.load_study(study_name="cli", storage=url)
+            study = optuna.load_study(study_name="cli", storage=storage)
         except KeyError:
             continue
         for trial in study.get_trials(states=(TrialState.RUNNING,)):
@@ -149,7 +152,7 @@ def test_cli_workers_on_postgres_survive_a_killed_worker(postgres_url, tmp_path)
     out, err = launcher.communicate(timeout=300)
     assert launcher.returncode == 0, err
     assert "ended with signal 9" in out
-    trials = optuna.load_study(study_name="cli", storage=url).trials
+    trials = optuna.load_study(study_name="cli", storage=storage).trials
     assert trials[victim].state == TrialState.FAIL
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == victim]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
