@@ -150,8 +150,8 @@ def make_pruner(
 
     Optuna's ``bootstrap_count`` stays 0 for hyperband and asha: a positive value does not make
     a rung wait for competitors, it prunes the first ``bootstrap_count`` trials to reach every
-    rung, the top rung included. With tens of trials that discards candidates unseen, and
-    replaying recorded MNIST-1D learning curves it often left no trial completed at all.
+    rung, the top rung included. With tens of trials that can discard the best candidate
+    after ``min_resource`` epochs, or leave a study with no completed trial at all.
 
     Returns:
         An ``optuna.pruners.BasePruner``.
