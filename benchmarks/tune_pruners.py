@@ -84,7 +84,7 @@ def test_accuracy(recipe: dict[str, Any], threads: int) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from optuna.trial import TrialState
 
-    from fasttricks.tune import best_recipe, load_space, make_pruner, tune
+    from fasttricks.tune import best_recipe, load_space, tune
     from fasttricks.tune._pruners import describe_pruner
 
     recipe = bench_recipe(args.epochs)
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     best_so_far = max(best_so_far, float(trial.value))
                 curve.append([spent, best_so_far if best_so_far > float("-inf") else None])
             results[name] = {
-                "plan": describe_pruner(make_pruner(name, recipe)),
+                "plan": describe_pruner(study.pruner),
                 "best_valid_accuracy": float(best.value),
                 "best_trial": best.number,
                 "best_params": best.params,

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fasttricks.tune import PruningCallback, describe_pruner, make_pruner
-from fasttricks.tune._pruners import bracket_plan, default_min_resource
+from fasttricks.tune._pruners import bracket_plan, default_min_resource, default_n_brackets
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -52,6 +52,65 @@ def test_hyperband_uses_epochs_as_resource_with_recipe_maximum():
     assert "bracket 0: rungs at epochs [1, 3]" in text
 
 
+def _paper_iteration_trials(n_brackets, eta):
+    # Li et al. 2018, Algorithm 1: bracket s starts ceil(B * eta**s / (s + 1)) configurations
+    return sum(math.ceil(n_brackets * eta**s / (s + 1)) for s in range(n_brackets))
+
+
+@pytest.mark.parametrize("n_trials", [1, 5, 14, 15, 20, 40, 50, 51, 146, 147, 1000])
+@pytest.mark.parametrize("eta", [2, 3, 4])
+def test_bracket_count_is_the_most_that_fit_eta_iterations_in_the_trial_budget(n_trials, eta):
+    epochs = 81
+    full = math.floor(math.log(epochs, eta) + 1e-9) + 1  # min resource 1
+    expected = max(b for b in range(1, full + 1)
+                   if b == 1 or eta * _paper_iteration_trials(b, eta) <= n_trials)
+    assert default_n_brackets(1, epochs, eta, n_trials) == expected
+    assert default_n_brackets(1, epochs, eta, None) == full
+
+
+def test_bracket_count_thresholds_for_eta_3():
+    counts = {n: default_n_brackets(1, 27, 3, n) for n in (14, 15, 50, 51, 146, 147)}
+    assert counts == {14: 1, 15: 2, 50: 2, 51: 3, 146: 3, 147: 4}
+
+
+def _planned_brackets(pruner, epochs, study_name="plan"):
+    """Brackets Optuna itself builds (it plans them at the first prune call)."""
+    study = optuna.create_study(direction="maximize", pruner=pruner, study_name=study_name)
+    trial = study.ask()
+    trial.report(0.5, 1)
+    trial.should_prune()
+    return [(p._min_resource, p._min_early_stopping_rate) for p in pruner._pruners]
+
+
+def test_hyperband_sized_to_twenty_trials_keeps_the_two_most_exploratory_brackets():
+    pruner = make_pruner("hyperband", _recipe(27), n_trials=20)
+    # 3 iterations of 2 brackets take 3 * (2 + 3) = 15 trials, of 3 take 3 * 17 = 51
+    assert _planned_brackets(pruner, 27) == [(1, 0), (1, 1)]
+    text = describe_pruner(pruner)
+    assert "2 brackets of 4, sized to 20 trials" in text
+    assert "bracket 0: rungs at epochs [1, 3, 9]" in text
+    assert "bracket 1: rungs at epochs [3, 9]" in text
+    assert "no early stop" not in text  # the conservative brackets are the ones dropped
+
+
+@pytest.mark.parametrize("epochs,eta,r", [(27, 3, 1), (243, 3, 1), (64, 2, 1), (100, 4, 2)])
+def test_optuna_plans_exactly_the_requested_brackets(epochs, eta, r):
+    full = 0
+    while r * eta**full <= epochs:
+        full += 1
+    for n_brackets in range(1, full + 1):
+        pruner = make_pruner("hyperband", max_epochs=epochs, min_resource=r,
+                             reduction_factor=eta, n_brackets=n_brackets)
+        assert _planned_brackets(pruner, epochs) == [(r, s) for s in range(n_brackets)]
+        assert len(bracket_plan(r, epochs, eta, n_brackets)) == n_brackets
+
+
+def test_hyperband_without_a_trial_budget_is_full_hyperband_with_a_full_epoch_bracket():
+    pruner = make_pruner("hyperband", _recipe(27))
+    assert _planned_brackets(pruner, 27) == [(1, s) for s in range(4)]
+    assert "bracket 3: no early stop (full epochs)" in describe_pruner(pruner)
+
+
 def test_asha_is_one_successive_halving_bracket():
     pruner = make_pruner("asha", _recipe(30), min_resource=2)
     assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
@@ -77,6 +136,10 @@ def test_unknown_pruner_lists_known_ones_and_closest_match():
     ({"min_resource": 0}, "min_resource"),
     ({"min_resource": 20}, "min_resource"),
     ({"reduction_factor": 1}, "reduction_factor"),
+    ({"n_brackets": 0}, "n_brackets"),
+    ({"n_brackets": 4}, "n_brackets"),  # 9 epochs from 1 at eta 3: at most 3 brackets
+    ({"n_brackets": 1.5}, "n_brackets"),
+    ({"n_trials": 0}, "n_trials"),
 ])
 def test_bad_pruner_budgets_are_rejected_with_the_value(kwargs, needle):
     with pytest.raises(ValueError, match=needle):

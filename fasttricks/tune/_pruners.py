@@ -6,7 +6,9 @@ recipe's ``schedule.epochs``.
 
 - **hyperband** (Li et al. 2018, https://jmlr.org/papers/v18/16-558.html): several successive-
   halving brackets that trade many cheap trials against few long ones; Optuna's
-  :class:`~optuna.pruners.HyperbandPruner`.
+  :class:`~optuna.pruners.HyperbandPruner`. With a known trial budget the number of brackets is
+  sized to it (:func:`default_n_brackets`): the most exploratory brackets are kept, the
+  conservative ones (the last of which never stops a trial) need more trials to pay off.
 - **asha** (Li et al. 2020, https://arxiv.org/abs/1810.05934): one asynchronous
   successive-halving bracket; a trial continues past rung ``k`` (at ``r * eta**k`` epochs) only
   if it is in the top ``1/eta`` of the trials that reached that rung.
@@ -23,7 +25,16 @@ from typing import Any
 
 from fasttricks._validate import check_choice, check_range
 
-__all__ = ["PRUNERS", "make_pruner", "default_min_resource", "describe_pruner", "recipe_epochs"]
+__all__ = [
+    "PRUNERS",
+    "default_min_resource",
+    "default_n_brackets",
+    "describe_pruner",
+    "hyperband_iteration_trials",
+    "make_pruner",
+    "max_brackets",
+    "recipe_epochs",
+]
 
 PRUNERS = ("hyperband", "asha", "median", "none")
 
@@ -50,6 +61,63 @@ def default_min_resource(max_epochs: int, reduction_factor: int = 3) -> int:
     return max(1, max_epochs // reduction_factor**3)
 
 
+def max_brackets(min_resource: int, max_epochs: int, reduction_factor: int) -> int:
+    """Brackets of full Hyperband: ``floor(log_eta(E / r)) + 1`` (Li et al. 2018, Algorithm 1).
+
+    Computed with integer powers, so ``E / r`` an exact power of ``eta`` is never off by one.
+    """
+    check_range("min_resource", min_resource, low=1, high=max_epochs)
+    check_range("reduction_factor", reduction_factor, low=2)
+    count = 0
+    while min_resource * reduction_factor**count <= max_epochs:
+        count += 1
+    return count
+
+
+def hyperband_iteration_trials(n_brackets: int, reduction_factor: int) -> int:
+    """Trials one full Hyperband iteration draws: ``sum_s ceil(B * eta**s / (s + 1))``.
+
+    ``B = n_brackets``; bracket ``s`` (``s = B - 1`` most exploratory, ``s = 0`` most
+    conservative) starts ``n_s = ceil(B * eta**s / (s + 1))`` configurations in Algorithm 1 of
+    Li et al. (2018); Optuna assigns trials to brackets in the same proportions.
+    """
+    check_range("n_brackets", n_brackets, low=1)
+    check_range("reduction_factor", reduction_factor, low=2)
+    return sum(
+        -(-n_brackets * reduction_factor**s // (s + 1)) for s in range(n_brackets)
+    )
+
+
+def default_n_brackets(
+    min_resource: int, max_epochs: int, reduction_factor: int = 3, n_trials: int | None = None
+) -> int:
+    """Hyperband brackets for a budget of ``n_trials``: the most that fit ``eta`` iterations.
+
+    Full Hyperband has :func:`max_brackets` brackets. Each is an asynchronous successive-halving
+    run, and Optuna's promotes a rung's first trials unopposed (while fewer than ``eta`` trials
+    have reached it, the best so far goes on), so a bracket only prunes once several trials
+    reach each rung. The count is therefore the largest ``B`` with
+    ``eta * hyperband_iteration_trials(B, eta) <= n_trials``: every bracket, even the smallest,
+    gets at least ``eta`` times its Algorithm-1 quota. With ``eta = 3`` that is 1 bracket below
+    15 trials, 2 up to 50, 3 up to 146 and 4 from 147 (capped at :func:`max_brackets`);
+    ``n_trials=None`` (a time budget) keeps full Hyperband. Brackets are dropped from the
+    conservative end, which Li et al. (2018, section 4) found to matter least when early
+    rankings are informative: their most exploratory bracket alone was often as good as or
+    better than all of Hyperband, the observation ASHA (Li et al. 2020) builds on.
+    """
+    full = max_brackets(min_resource, max_epochs, reduction_factor)
+    if n_trials is None:
+        return full
+    check_range("n_trials", n_trials, low=1)
+    count = 1
+    while (
+        count < full
+        and reduction_factor * hyperband_iteration_trials(count + 1, reduction_factor) <= n_trials
+    ):
+        count += 1
+    return count
+
+
 def make_pruner(
     name: str = "hyperband",
     recipe: Mapping[str, Any] | None = None,
@@ -59,6 +127,8 @@ def make_pruner(
     reduction_factor: int = 3,
     warmup_epochs: int | None = None,
     n_startup_trials: int = 5,
+    n_trials: int | None = None,
+    n_brackets: int | None = None,
 ) -> Any:
     """Build an Optuna pruner whose resource is epochs.
 
@@ -68,10 +138,20 @@ def make_pruner(
         max_epochs: the maximum resource when no recipe is given (overrides the recipe's).
         min_resource: epochs of the first rung (hyperband/asha); default
             :func:`default_min_resource` (``max(1, E // eta**3)``).
-        reduction_factor: ``eta`` of successive halving, default 3 (keep the top third).
+        reduction_factor: ``eta`` of successive halving, default 3 (keep the top third; the
+            Hyperband paper, section 3.6, recommends 3 or 4).
         warmup_epochs: median only; epochs never pruned, default ``max(1, E // 3)``.
         n_startup_trials: median only; trials that run to the end before pruning starts,
             default 5 (Optuna's default).
+        n_trials: hyperband only; the study's trial budget, which sizes the number of brackets
+            (:func:`default_n_brackets`). ``None``: full Hyperband.
+        n_brackets: hyperband only; an explicit number of brackets, 1 to :func:`max_brackets`
+            (the most exploratory ones are kept), overriding ``n_trials``.
+
+    Optuna's ``bootstrap_count`` stays 0 for hyperband and asha: a positive value does not make
+    a rung wait for competitors, it prunes the first ``bootstrap_count`` trials to reach every
+    rung, the top rung included. With tens of trials that can discard the best candidate
+    after ``min_resource`` epochs, or leave a study with no completed trial at all.
 
     Returns:
         An ``optuna.pruners.BasePruner``.
@@ -111,30 +191,57 @@ def make_pruner(
     if min_resource is None:
         min_resource = default_min_resource(max_epochs, reduction_factor)
     check_range("min_resource", min_resource, low=1, high=max_epochs)
+    plan = {"min_resource": min_resource, "max_epochs": max_epochs,
+            "reduction_factor": reduction_factor}
     if name == "asha":
         pruner = optuna.pruners.SuccessiveHalvingPruner(
             min_resource=min_resource, reduction_factor=reduction_factor
         )
-    else:
-        pruner = optuna.pruners.HyperbandPruner(
-            min_resource=min_resource, max_resource=max_epochs, reduction_factor=reduction_factor
-        )
-    pruner._fasttricks_plan = {
-        "min_resource": min_resource,
-        "max_epochs": max_epochs,
-        "reduction_factor": reduction_factor,
-    }
+        pruner._fasttricks_plan = plan
+        return pruner
+    full = max_brackets(min_resource, max_epochs, reduction_factor)
+    if n_brackets is None:
+        n_brackets = default_n_brackets(min_resource, max_epochs, reduction_factor, n_trials)
+    elif isinstance(n_brackets, bool) or not isinstance(n_brackets, int):
+        raise ValueError(f"n_brackets must be an integer >= 1, got {n_brackets!r}")
+    check_range("n_brackets", n_brackets, low=1, high=full)
+    # Optuna derives the bracket count from max_resource as floor(log_eta(max / min)) + 1 (a
+    # float logarithm) and does not use max_resource otherwise: rungs go on up to the last
+    # epoch. Pass the recipe's epochs where that plans n_brackets, else the largest value below
+    # min * eta**n_brackets (fewer brackets, or an exact power the logarithm rounds down).
+    candidates = [max_epochs] if n_brackets == full else []
+    candidates.append(min_resource * reduction_factor**n_brackets - 1)
+    planned = [c for c in candidates
+               if _optuna_brackets(min_resource, c, reduction_factor) == n_brackets]
+    resource = planned[0] if planned else None
+    if resource is None:
+        raise RuntimeError(f"Optuna cannot be made to plan {n_brackets} brackets from "
+                           f"min_resource={min_resource}, reduction_factor={reduction_factor}")
+    pruner = optuna.pruners.HyperbandPruner(
+        min_resource=min_resource, max_resource=resource, reduction_factor=reduction_factor
+    )
+    plan.update(n_brackets=n_brackets, max_brackets=full, n_trials=n_trials)
+    pruner._fasttricks_plan = plan
     return pruner
 
 
-def bracket_plan(min_resource: int, max_epochs: int, reduction_factor: int) -> list[list[int]]:
+def _optuna_brackets(min_resource: int, max_resource: int, reduction_factor: int) -> int:
+    """The bracket count Optuna's HyperbandPruner computes (its own float formula)."""
+    return math.floor(math.log(max_resource / min_resource, reduction_factor)) + 1
+
+
+def bracket_plan(
+    min_resource: int, max_epochs: int, reduction_factor: int, n_brackets: int | None = None
+) -> list[list[int]]:
     """Rung epochs of each Hyperband bracket, as Optuna schedules them.
 
     Bracket ``s`` is successive halving with ``min_early_stopping_rate = s``: its rungs sit at
-    ``r * eta**(s + k)`` epochs below the maximum; there are ``floor(log_eta(E / r)) + 1``
-    brackets. The last bracket has no rung: its trials always train all ``E`` epochs.
+    ``r * eta**(s + k)`` epochs below the maximum. Full Hyperband has
+    ``floor(log_eta(E / r)) + 1`` brackets (``n_brackets=None``), and its last bracket has no
+    rung: its trials always train all ``E`` epochs. Fewer brackets keep the first ones.
     """
-    n_brackets = math.floor(math.log(max_epochs / min_resource, reduction_factor)) + 1
+    if n_brackets is None:
+        n_brackets = max_brackets(min_resource, max_epochs, reduction_factor)
     plan = []
     for s in range(n_brackets):
         rungs = []
@@ -167,10 +274,19 @@ def describe_pruner(pruner: Any) -> str:
             f"pruner: asha, resources in epochs: min {r}, max {big_e}, reduction factor {eta}; "
             f"rungs at epochs {rungs or 'none'} (top 1/{eta} continue)"
         )
-    brackets = bracket_plan(r, big_e, eta)
+    brackets = bracket_plan(r, big_e, eta, plan.get("n_brackets"))
+    full = plan.get("max_brackets", len(brackets))
+    why = ""
+    if len(brackets) < full:
+        why = f" of {full}"
+        if plan.get("n_trials"):
+            more = len(brackets) + 1
+            need = eta * hyperband_iteration_trials(more, eta)
+            why += (f", sized to {plan['n_trials']} trials: {eta} Hyperband iterations of {more} "
+                    f"brackets need {need}")
     lines = [
         f"pruner: hyperband, resources in epochs: min {r}, max {big_e}, reduction factor {eta}, "
-        f"{len(brackets)} bracket{'s' if len(brackets) != 1 else ''}:"
+        f"{len(brackets)} bracket{'s' if len(brackets) != 1 else ''}{why}:"
     ]
     for s, rungs in enumerate(brackets):
         where = f"rungs at epochs {rungs}" if rungs else "no early stop (full epochs)"

@@ -315,7 +315,7 @@ def prepare_study(
     parsed_space = _load_space(space, recipe)
     check_space_keys(parsed_space, resolved)
     metric, direction = resolve_metric(resolved, metric, direction)
-    pruner_obj = make_pruner(pruner, resolved)
+    pruner_obj = make_pruner(pruner, resolved, n_trials=n_trials)
     name = study_name or f"{resolved.get('name', 'recipe')}-{pruner}"
     store = make_storage(storage, name, workers=workers, heartbeat=heartbeat,
                          max_retry=max_retry, root=root)
