@@ -101,7 +101,7 @@ def default_n_brackets(
     gets at least ``eta`` times its Algorithm-1 quota. With ``eta = 3`` that is 1 bracket below
     15 trials, 2 up to 50, 3 up to 146 and 4 from 147 (capped at :func:`max_brackets`);
     ``n_trials=None`` (a time budget) keeps full Hyperband. Brackets are dropped from the
-    conservative end, which Li et al. (2018, section 4) found to matter least when early
+    conservative end, which in the experiments of Li et al. (2018) mattered least when early
     rankings are informative: their most exploratory bracket alone was often as good as or
     better than all of Hyperband, the observation ASHA (Li et al. 2020) builds on.
     """
