@@ -417,6 +417,19 @@ def _preds(learn: Any, ds_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
     return preds.float().cpu(), targets.cpu()
 
 
+def _member_record(learn: Any, has_test: bool, seconds: float) -> dict:
+    """A trained member's valid (and test) predictions, targets and scores, and its seconds."""
+    loss_func, metrics = learn.loss_func, list(learn.metrics)
+    vp, vt = _preds(learn, 1)
+    record = {"valid_preds": vp, "valid_targets": vt, "seconds": seconds,
+              "valid": score_predictions(vp, vt, loss_func, metrics)}
+    if has_test:
+        tp, tt = _preds(learn, 2)
+        record.update(test_preds=tp, test_targets=tt,
+                      test=score_predictions(tp, tt, loss_func, metrics))
+    return record
+
+
 # --------------------------------------------------------------------------------------------
 # K-fold
 # --------------------------------------------------------------------------------------------
@@ -684,22 +697,14 @@ def kfold_fit(
             if best.ckpt_path is not None and best.ckpt_path.exists():
                 best.ckpt_path.unlink()
             loss_func, metrics = learn.loss_func, list(learn.metrics)
-            vp, vt = _preds(learn, 1)
             record = {
                 "fold": i,
                 "train_idx": torch.from_numpy(train_idx),
                 "valid_idx": torch.from_numpy(valid_idx),
-                "valid_preds": vp,
-                "valid_targets": vt,
-                "valid": score_predictions(vp, vt, loss_func, metrics),
                 "best_epoch": best.best_epoch,
                 "best_value": best.best_value,
-                "seconds": time.perf_counter() - t0,
+                **_member_record(learn, has_test, time.perf_counter() - t0),
             }
-            if has_test:
-                tp, tt = _preds(learn, 2)
-                record.update(test_preds=tp, test_targets=tt,
-                              test=score_predictions(tp, tt, loss_func, metrics))
             store.save(fold_name, record, learn.model)
             resumed = False
             del learn
@@ -928,18 +933,6 @@ class EnsembleResult:
         plt.close(fig)
         self.plot_path = path
         return path
-
-
-def _member_record(learn: Any, has_test: bool, seconds: float) -> dict:
-    loss_func, metrics = learn.loss_func, list(learn.metrics)
-    vp, vt = _preds(learn, 1)
-    record = {"valid_preds": vp, "valid_targets": vt, "seconds": seconds,
-              "valid": score_predictions(vp, vt, loss_func, metrics)}
-    if has_test:
-        tp, tt = _preds(learn, 2)
-        record.update(test_preds=tp, test_targets=tt,
-                      test=score_predictions(tp, tt, loss_func, metrics))
-    return record
 
 
 def _member_line(prefix: str, record: dict, key: str, resumed: bool) -> str:
