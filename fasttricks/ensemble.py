@@ -430,6 +430,18 @@ def _member_record(learn: Any, has_test: bool, seconds: float) -> dict:
     return record
 
 
+def _averaged_test(
+    records: list[dict], loss_func: Any, metrics: Sequence[Any]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, float] | None]:
+    """The members' averaged test predictions, the test targets and their scores; three Nones
+    when the records hold no test predictions."""
+    if "test_preds" not in records[0]:
+        return None, None, None
+    preds = average_predictions([r["test_preds"] for r in records])
+    targets = records[0]["test_targets"]
+    return preds, targets, score_predictions(preds, targets, loss_func, metrics)
+
+
 # --------------------------------------------------------------------------------------------
 # K-fold
 # --------------------------------------------------------------------------------------------
@@ -742,11 +754,7 @@ def kfold_fit(
         oof_targets[idx] = rec["valid_targets"]
         oof_fold[idx] = rec["fold"]
     oof = score_predictions(oof_preds, oof_targets, loss_func, metrics)
-    test_preds = test_targets = test_scores = None
-    if has_test:
-        test_preds = average_predictions([rec["test_preds"] for rec in records])
-        test_targets = records[0]["test_targets"]
-        test_scores = score_predictions(test_preds, test_targets, loss_func, metrics)
+    test_preds, test_targets, test_scores = _averaged_test(records, loss_func, metrics)
 
     result = KFoldResult(
         name=name, n_splits=n_splits, seed=seed, metric=key, direction=direction, folds=results,
@@ -957,12 +965,7 @@ def _finish_ensemble(
     ]
     valid_preds = average_predictions([r["valid_preds"] for r in records])
     valid_targets = records[0]["valid_targets"]
-    has_test = "test_preds" in records[0]
-    test_preds = test_targets = test_scores = None
-    if has_test:
-        test_preds = average_predictions([r["test_preds"] for r in records])
-        test_targets = records[0]["test_targets"]
-        test_scores = score_predictions(test_preds, test_targets, loss_func, metrics)
+    test_preds, test_targets, test_scores = _averaged_test(records, loss_func, metrics)
     result = EnsembleResult(
         name=name, kind=kind, metric=key, direction=direction, members=members,
         valid_preds=valid_preds, valid_targets=valid_targets,
