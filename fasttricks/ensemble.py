@@ -389,6 +389,23 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.4f}"
 
 
+def _save_score_plot(fig: Any, ax: Any, values: Sequence[float], path: Path) -> None:
+    """Finish a score chart: the y axis spans ``values`` padded by 0.6 times their range (taken
+    as at least 1e-3), then legend and tight layout; saved atomically as PNG and closed."""
+    import matplotlib.pyplot as plt
+
+    from fasttricks._io import atomic_path
+
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    pad = max(hi - lo, 1e-3) * 0.6
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
 def _announce(message: str, progress: bool) -> None:
     """A progress line: printed (as fastai prints its progress) when ``progress``, else logged."""
     if progress:
@@ -552,8 +569,6 @@ class KFoldResult:
         scores as lines; saved as PNG (default ``<out_dir>/kfold.png``), returns the path."""
         import matplotlib.pyplot as plt
 
-        from fasttricks._io import atomic_path
-
         path = Path(path) if path is not None else self.out_dir / "kfold.png"
         x = np.arange(self.n_splits)
         fig, ax = plt.subplots(figsize=(1.2 * self.n_splits + 3, 3.6))
@@ -568,17 +583,10 @@ class KFoldResult:
         values = list(self.fold_scores) + [self.oof[self.metric]]
         if self.test is not None:
             values += list(self.fold_test_scores) + [self.test[self.metric]]
-        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-        pad = max(hi - lo, 1e-3) * 0.6
-        ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(x, [f"fold {i}" for i in x])
         ax.set_ylabel(self.metric)
         ax.set_title(f"{self.name}: {self.n_splits}-fold ({self.direction} {self.metric})")
-        ax.legend(fontsize=8, loc="best")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)
+        _save_score_plot(fig, ax, values, path)
         self.plot_path = path
         return path
 
@@ -918,8 +926,6 @@ class EnsembleResult:
         (default ``<out_dir>/<kind>.png``), returns the path."""
         import matplotlib.pyplot as plt
 
-        from fasttricks._io import atomic_path
-
         path = Path(path) if path is not None else self.out_dir / f"{self.kind}.png"
         scores = self.member_scores()
         x = np.arange(len(scores))
@@ -927,18 +933,10 @@ class EnsembleResult:
         ax.bar(x, scores, 0.6, color="#4c72b0", label="single member")
         ax.axhline(self.mean, color="#4c72b0", ls="--", label="members' mean")
         ax.axhline(self.ensemble_score, color="#c44e52", lw=2, label="ensemble")
-        values = [*scores, self.ensemble_score]
-        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-        pad = max(hi - lo, 1e-3) * 0.6
-        ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(x, [m.name for m in self.members], rotation=30, fontsize=8)
         ax.set_ylabel(f"{self._split()} {self.metric}")
         ax.set_title(f"{self.name}: {self.kind} ensemble")
-        ax.legend(fontsize=8, loc="best")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)
+        _save_score_plot(fig, ax, [*scores, self.ensemble_score], path)
         self.plot_path = path
         return path
 
