@@ -35,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._machine import cpu_model  # noqa: E402
 from fasttricks._io import atomic_write_text  # noqa: E402
 from fasttricks.datasets import load_dataset  # noqa: E402
 from fasttricks.recipes import load_recipe, run_recipe  # noqa: E402
@@ -43,17 +44,6 @@ PAPER_MNIST1D = {"logistic regression": 0.32, "MLP": 0.68, "CNN": 0.94, "GRU": 0
                  "human expert": 0.96}
 TARGETS = {"digits": {"accuracy": 0.985, "seconds": 60.0},
            "mnist1d": {"accuracy": 0.95, "aim": 0.96, "seconds": 300.0}}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``platform.processor()`` is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def machine() -> dict:

@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._machine import cpu_model
 from fasttricks._io import atomic_write_text
 from fasttricks.optim import create_optimizer
 
@@ -155,17 +156,6 @@ def run(
             "results": rows}
 
 
-def cpu_model() -> str:
-    """The CPU model name (``platform.processor()`` is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: str) -> dict[str, Any]:
     info = {
         "processor": platform.processor(),
@@ -175,7 +165,7 @@ def machine(device: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": device,
         "device_name": (torch.cuda.get_device_name(0) if device.startswith("cuda")
-                        else cpu_model()),
+                        else cpu_model() or platform.machine()),
         "note": "machine shared with other jobs while measuring; medians of interleaved runs",
     }
     return info

@@ -389,6 +389,23 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.4f}"
 
 
+def _save_score_plot(fig: Any, ax: Any, values: Sequence[float], path: Path) -> None:
+    """Finish a score chart: the y axis spans ``values`` padded by 0.6 times their range (taken
+    as at least 1e-3), then legend and tight layout; saved atomically as PNG and closed."""
+    import matplotlib.pyplot as plt
+
+    from fasttricks._io import atomic_path
+
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    pad = max(hi - lo, 1e-3) * 0.6
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
 def _announce(message: str, progress: bool) -> None:
     """A progress line: printed (as fastai prints its progress) when ``progress``, else logged."""
     if progress:
@@ -415,6 +432,31 @@ def _preds(learn: Any, ds_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
     with learn.no_bar():
         preds, targets = learn.get_preds(ds_idx=ds_idx)[:2]
     return preds.float().cpu(), targets.cpu()
+
+
+def _member_record(learn: Any, has_test: bool, seconds: float) -> dict:
+    """A trained member's valid (and test) predictions, targets and scores, and its seconds."""
+    loss_func, metrics = learn.loss_func, list(learn.metrics)
+    vp, vt = _preds(learn, 1)
+    record = {"valid_preds": vp, "valid_targets": vt, "seconds": seconds,
+              "valid": score_predictions(vp, vt, loss_func, metrics)}
+    if has_test:
+        tp, tt = _preds(learn, 2)
+        record.update(test_preds=tp, test_targets=tt,
+                      test=score_predictions(tp, tt, loss_func, metrics))
+    return record
+
+
+def _averaged_test(
+    records: list[dict], loss_func: Any, metrics: Sequence[Any]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, float] | None]:
+    """The members' averaged test predictions, the test targets and their scores; three Nones
+    when the records hold no test predictions."""
+    if "test_preds" not in records[0]:
+        return None, None, None
+    preds = average_predictions([r["test_preds"] for r in records])
+    targets = records[0]["test_targets"]
+    return preds, targets, score_predictions(preds, targets, loss_func, metrics)
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,8 +569,6 @@ class KFoldResult:
         scores as lines; saved as PNG (default ``<out_dir>/kfold.png``), returns the path."""
         import matplotlib.pyplot as plt
 
-        from fasttricks._io import atomic_path
-
         path = Path(path) if path is not None else self.out_dir / "kfold.png"
         x = np.arange(self.n_splits)
         fig, ax = plt.subplots(figsize=(1.2 * self.n_splits + 3, 3.6))
@@ -543,17 +583,10 @@ class KFoldResult:
         values = list(self.fold_scores) + [self.oof[self.metric]]
         if self.test is not None:
             values += list(self.fold_test_scores) + [self.test[self.metric]]
-        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-        pad = max(hi - lo, 1e-3) * 0.6
-        ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(x, [f"fold {i}" for i in x])
         ax.set_ylabel(self.metric)
         ax.set_title(f"{self.name}: {self.n_splits}-fold ({self.direction} {self.metric})")
-        ax.legend(fontsize=8, loc="best")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)
+        _save_score_plot(fig, ax, values, path)
         self.plot_path = path
         return path
 
@@ -684,22 +717,14 @@ def kfold_fit(
             if best.ckpt_path is not None and best.ckpt_path.exists():
                 best.ckpt_path.unlink()
             loss_func, metrics = learn.loss_func, list(learn.metrics)
-            vp, vt = _preds(learn, 1)
             record = {
                 "fold": i,
                 "train_idx": torch.from_numpy(train_idx),
                 "valid_idx": torch.from_numpy(valid_idx),
-                "valid_preds": vp,
-                "valid_targets": vt,
-                "valid": score_predictions(vp, vt, loss_func, metrics),
                 "best_epoch": best.best_epoch,
                 "best_value": best.best_value,
-                "seconds": time.perf_counter() - t0,
+                **_member_record(learn, has_test, time.perf_counter() - t0),
             }
-            if has_test:
-                tp, tt = _preds(learn, 2)
-                record.update(test_preds=tp, test_targets=tt,
-                              test=score_predictions(tp, tt, loss_func, metrics))
             store.save(fold_name, record, learn.model)
             resumed = False
             del learn
@@ -737,11 +762,7 @@ def kfold_fit(
         oof_targets[idx] = rec["valid_targets"]
         oof_fold[idx] = rec["fold"]
     oof = score_predictions(oof_preds, oof_targets, loss_func, metrics)
-    test_preds = test_targets = test_scores = None
-    if has_test:
-        test_preds = average_predictions([rec["test_preds"] for rec in records])
-        test_targets = records[0]["test_targets"]
-        test_scores = score_predictions(test_preds, test_targets, loss_func, metrics)
+    test_preds, test_targets, test_scores = _averaged_test(records, loss_func, metrics)
 
     result = KFoldResult(
         name=name, n_splits=n_splits, seed=seed, metric=key, direction=direction, folds=results,
@@ -905,8 +926,6 @@ class EnsembleResult:
         (default ``<out_dir>/<kind>.png``), returns the path."""
         import matplotlib.pyplot as plt
 
-        from fasttricks._io import atomic_path
-
         path = Path(path) if path is not None else self.out_dir / f"{self.kind}.png"
         scores = self.member_scores()
         x = np.arange(len(scores))
@@ -914,32 +933,12 @@ class EnsembleResult:
         ax.bar(x, scores, 0.6, color="#4c72b0", label="single member")
         ax.axhline(self.mean, color="#4c72b0", ls="--", label="members' mean")
         ax.axhline(self.ensemble_score, color="#c44e52", lw=2, label="ensemble")
-        values = [*scores, self.ensemble_score]
-        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-        pad = max(hi - lo, 1e-3) * 0.6
-        ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(x, [m.name for m in self.members], rotation=30, fontsize=8)
         ax.set_ylabel(f"{self._split()} {self.metric}")
         ax.set_title(f"{self.name}: {self.kind} ensemble")
-        ax.legend(fontsize=8, loc="best")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)
+        _save_score_plot(fig, ax, [*scores, self.ensemble_score], path)
         self.plot_path = path
         return path
-
-
-def _member_record(learn: Any, has_test: bool, seconds: float) -> dict:
-    loss_func, metrics = learn.loss_func, list(learn.metrics)
-    vp, vt = _preds(learn, 1)
-    record = {"valid_preds": vp, "valid_targets": vt, "seconds": seconds,
-              "valid": score_predictions(vp, vt, loss_func, metrics)}
-    if has_test:
-        tp, tt = _preds(learn, 2)
-        record.update(test_preds=tp, test_targets=tt,
-                      test=score_predictions(tp, tt, loss_func, metrics))
-    return record
 
 
 def _member_line(prefix: str, record: dict, key: str, resumed: bool) -> str:
@@ -964,12 +963,7 @@ def _finish_ensemble(
     ]
     valid_preds = average_predictions([r["valid_preds"] for r in records])
     valid_targets = records[0]["valid_targets"]
-    has_test = "test_preds" in records[0]
-    test_preds = test_targets = test_scores = None
-    if has_test:
-        test_preds = average_predictions([r["test_preds"] for r in records])
-        test_targets = records[0]["test_targets"]
-        test_scores = score_predictions(test_preds, test_targets, loss_func, metrics)
+    test_preds, test_targets, test_scores = _averaged_test(records, loss_func, metrics)
     result = EnsembleResult(
         name=name, kind=kind, metric=key, direction=direction, members=members,
         valid_preds=valid_preds, valid_targets=valid_targets,

@@ -87,11 +87,17 @@ def _conv_net(
     dims: int,
     n_in: int,
     n_out: int,
-    channels: Sequence[int],
+    channels: int | Sequence[int],
     kernel_size: int,
     pool_every: int,
     dropout: float,
 ) -> nn.Module:
+    """The net behind :func:`cnn1d` (``dims=1``) and :func:`cnn2d` (``dims=2``); it checks the
+    arguments for both."""
+    channels = _as_tuple("channels", channels)
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
+    check_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
     conv = nn.Conv1d if dims == 1 else nn.Conv2d
     norm = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
     pool = nn.MaxPool1d if dims == 1 else nn.MaxPool2d
@@ -133,10 +139,6 @@ def cnn1d(
         pool_every: blocks between max-pools (default 2; 0 disables pooling).
         dropout: dropout before the head (default 0.1).
     """
-    channels = _as_tuple("channels", channels)
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
-    check_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
     return _conv_net(1, n_in, n_out, channels, kernel_size, pool_every, dropout)
 
 
@@ -161,10 +163,6 @@ def cnn2d(
         pool_every: blocks between max-pools (default 2; 0 disables pooling).
         dropout: dropout before the head (default 0.1).
     """
-    channels = _as_tuple("channels", channels)
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
-    check_range("dropout", dropout, 0.0, 1.0, high_inclusive=False)
     return _conv_net(2, n_in, n_out, channels, kernel_size, pool_every, dropout)
 
 

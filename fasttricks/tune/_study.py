@@ -122,12 +122,6 @@ def _load_space(space: Any, recipe_source: Any) -> dict[str, Param]:
     return load_space(space)
 
 
-def _finished_states() -> tuple[Any, ...]:
-    from optuna.trial import TrialState
-
-    return (TrialState.COMPLETE, TrialState.PRUNED)
-
-
 def count_trials(study: Any) -> dict[str, int]:
     """Trials of ``study`` by state: finished (COMPLETE + PRUNED), running, waiting, failed."""
     from optuna.trial import TrialState
