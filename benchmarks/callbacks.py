@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "epochs": args.epochs,
         "reps": args.reps,
         "machine": _machine(),
-        "note": "2-core CPU shared with other jobs while this ran; ratios are noisy",
+        "note": os.environ.get("FASTTRICKS_BENCH_NOTE", "medians of interleaved repetitions"),
         "summary": summary,
         "runs": runs,
     }
