@@ -14,9 +14,9 @@
 
 Ranger is Less Wright's combination of the first three (2019); RangerAdaBelief adds the fourth.
 Every elementwise update runs with ``torch._foreach_*`` over all parameters of a parameter group
-that share device, dtype and step count. On CPU the lists are cut into cache-sized blocks (whole rows,
-about ``BLOCK_NUMEL`` elements each): the ~10 elementwise passes of a step then re-read a block
-from cache instead of main memory, which makes a CPU step cost about what torch's AdamW costs.
+that share device, dtype and step count. On CPU the lists are cut into cache-sized blocks (whole
+rows, about ``BLOCK_NUMEL`` elements each): the ~10 elementwise passes of a step then re-read a
+block from cache instead of main memory, which makes a CPU step cost less than torch's AdamW.
 """
 
 from __future__ import annotations
