@@ -55,7 +55,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "python": platform.python_version(),
-        "note": "shared 2-core machine: other jobs ran at the same time, timings are inflated",
+        "note": os.environ.get("FASTTRICKS_BENCH_NOTE", ""),
     }
 
 

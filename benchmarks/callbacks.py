@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "epochs": args.epochs,
         "reps": args.reps,
         "machine": _machine(),
-        "note": os.environ.get("FASTTRICKS_BENCH_NOTE", "medians of interleaved repetitions"),
+        "note": os.environ.get("FASTTRICKS_BENCH_NOTE", ""),
         "summary": summary,
         "runs": runs,
     }

@@ -166,7 +166,7 @@ def machine(device: str) -> dict[str, Any]:
         "device": device,
         "device_name": (torch.cuda.get_device_name(0) if device.startswith("cuda")
                         else cpu_model() or platform.machine()),
-        "note": os.environ.get("FASTTRICKS_BENCH_NOTE", "medians of interleaved runs"),
+        "note": os.environ.get("FASTTRICKS_BENCH_NOTE", ""),
     }
     return info
 
