@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
+from typing import Any
 
 
 def cpu_model() -> str:
@@ -16,3 +18,24 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def machine_info(**extra: Any) -> dict[str, Any]:
+    """Where a benchmark's numbers came from: CPU, core count, torch and Python versions, the
+    torch device and threads, and ``FASTTRICKS_BENCH_NOTE`` (the conditions of the run, e.g. other
+    load on the machine). ``extra`` adds or overrides fields."""
+    import torch
+
+    info: dict[str, Any] = {
+        "processor": platform.processor(),
+        "cpu_model": cpu_model(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "python": platform.python_version(),
+        "note": os.environ.get("FASTTRICKS_BENCH_NOTE", ""),
+    }
+    info.update(extra)
+    return info

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._machine import cpu_model  # noqa: E402
+from benchmarks._machine import cpu_model, machine_info  # noqa: E402
 from fasttricks._io import atomic_write_text  # noqa: E402
 from fasttricks.datasets import load_dataset  # noqa: E402
 from fasttricks.recipes import load_recipe, run_recipe  # noqa: E402
@@ -48,15 +46,7 @@ TARGETS = {"digits": {"accuracy": 0.985, "seconds": 60.0},
 
 def machine() -> dict:
     """Where the numbers came from."""
-    return {
-        "processor": platform.processor(), "cpu_model": cpu_model(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "python": platform.python_version(),
-        "note": os.environ.get("FASTTRICKS_BENCH_NOTE", ""),
-    }
+    return machine_info()
 
 
 def run_seeds(path: Path, seeds: list[int], overrides: list[str]) -> dict:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import random
 import statistics
 import tempfile
@@ -40,6 +38,7 @@ from fastai.learner import Learner
 from fastai.metrics import accuracy
 from torch import nn
 
+from benchmarks._machine import machine_info
 from fasttricks._io import atomic_path, atomic_write_text
 from fasttricks.callbacks import get_callback
 
@@ -175,15 +174,7 @@ def _run(variant: str, data, epochs: int, workdir: Path) -> dict[str, float]:
 
 
 def _machine() -> dict[str, object]:
-    return {
-        "processor": platform.processor(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "python": platform.python_version(),
-    }
+    return machine_info()
 
 
 def _plot(summary: dict[str, dict[str, float]], path: Path) -> None:
@@ -286,7 +277,6 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "epochs": args.epochs,
         "reps": args.reps,
         "machine": _machine(),
-        "note": os.environ.get("FASTTRICKS_BENCH_NOTE", ""),
         "summary": summary,
         "runs": runs,
     }

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._machine import machine_info  # noqa: E402
 from fasttricks.recipes import load_recipe  # noqa: E402
 
 from fasttricks._io import atomic_path, atomic_write_text  # noqa: E402
@@ -44,15 +43,7 @@ DATASETS = {"digits": ("recipes/digits.yaml", None), "mnist1d": ("recipes/mnist1
 
 
 def machine() -> dict:
-    return {
-        "processor": platform.processor(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "torch_threads": torch.get_num_threads(),
-        "note": "2-core machine shared with other jobs while running; timings are noisy",
-    }
+    return machine_info()
 
 
 def run_dataset(name: str, path: str, repeats: int, n_models: int, epochs: int | None) -> dict:

@@ -26,8 +26,6 @@ import copy
 import json
 import logging
 import math
-import os
-import platform
 import sys
 import time
 from collections.abc import Mapping
@@ -42,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._machine import machine_info  # noqa: E402
 from fasttricks._io import atomic_path, atomic_write_text  # noqa: E402
 
 logger = logging.getLogger("benchmarks.imbalance")
@@ -71,16 +70,7 @@ MULTILABEL_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def _machine() -> dict[str, Any]:
-    return {
-        "processor": platform.processor(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "note": "CPU shared with other jobs while running; seconds are indicative only",
-    }
+    return machine_info()
 
 
 def _recipe(name: str, changes: Mapping[str, Any], seed: int, epochs: int) -> dict:

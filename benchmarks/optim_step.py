@@ -22,7 +22,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import platform
 import random
 import statistics
@@ -37,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._machine import cpu_model
+from benchmarks._machine import cpu_model, machine_info
 from fasttricks._io import atomic_write_text
 from fasttricks.optim import create_optimizer
 
@@ -157,18 +156,8 @@ def run(
 
 
 def machine(device: str) -> dict[str, Any]:
-    info = {
-        "processor": platform.processor(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": device,
-        "device_name": (torch.cuda.get_device_name(0) if device.startswith("cuda")
-                        else cpu_model() or platform.machine()),
-        "note": os.environ.get("FASTTRICKS_BENCH_NOTE", ""),
-    }
-    return info
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
+    return machine_info(device=device, device_name=name or cpu_model() or platform.machine())
 
 
 def table(result: dict[str, Any]) -> str:

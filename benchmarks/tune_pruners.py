@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +30,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks._machine import machine_info  # noqa: E402
 
 PRUNERS = ("none", "median", "asha", "hyperband")
 SPACE = {
@@ -42,17 +42,7 @@ SPACE = {
 
 
 def machine() -> dict[str, Any]:
-    import torch
-
-    return {
-        "processor": platform.processor(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "python": platform.python_version(),
-        "note": "shared machine: other jobs ran at the same time, wall times are noisy",
-    }
+    return machine_info()
 
 
 def bench_recipe(epochs: int) -> dict[str, Any]:
