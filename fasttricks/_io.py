@@ -7,6 +7,8 @@ old file (if any) is still there untouched, or the complete new one is.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +21,10 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_csv",
     "atomic_write_text",
+    "jsonable",
+    "quiet_fit",
+    "save_figure",
+    "write_json",
 ]
 
 # Files from mkstemp are created 0600; give the final file the mode a plain open() would.
@@ -102,3 +108,59 @@ def atomic_write_csv(df: Any, path: str | os.PathLike[str], **to_csv_kwargs: Any
     with atomic_path(path) as tmp:
         df.to_csv(tmp, **to_csv_kwargs)
     return Path(path)
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars/arrays made plain and NaN/inf floats made None (JSON ``null``).
+
+    Mappings get string keys; tuples become lists; paths become strings.
+    """
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # numpy scalars and arrays
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2,
+               sort_keys: bool = False) -> Path:
+    """Write ``obj`` as strict JSON to ``path`` atomically; returns the path.
+
+    The one writer for every result file: NaN and infinities become ``null`` (JSON has no NaN),
+    numpy values become plain numbers, and anything else unknown is written as its ``str``.
+    """
+    text = json.dumps(jsonable(obj), indent=indent, sort_keys=sort_keys, default=str,
+                      allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110,
+                close: bool = True, **savefig_kwargs: Any) -> Path:
+    """``fig.savefig`` to ``path`` atomically as PNG (default 110 dpi), then close the figure."""
+    savefig_kwargs.setdefault("format", "png")
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, **savefig_kwargs)
+    finally:
+        if close:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def quiet_fit(learn: Any) -> Iterator[Any]:
+    """Run a fastai fit without its progress bar and epoch table (``no_bar`` + ``no_logging``)."""
+    with contextlib.ExitStack() as stack:
+        if hasattr(learn, "no_logging"):
+            stack.enter_context(learn.no_logging())
+        if hasattr(learn, "no_bar"):
+            stack.enter_context(learn.no_bar())
+        yield learn
