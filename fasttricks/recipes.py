@@ -67,7 +67,9 @@ __all__ = [
     "list_metrics",
     "load_recipe",
     "primary_metric",
+    "recipe_to_dict",
     "run_recipe",
+    "save_recipe",
     "set_in_recipe",
 ]
 
@@ -543,6 +545,26 @@ def set_in_recipe(recipe: Mapping[str, Any], dotted_key: str, value: Any) -> dic
     raw = copy.deepcopy(dict(recipe))
     _set_path(raw, dotted_key, value)
     return _validate(raw, str(raw.get("name") or "recipe"))
+
+
+def recipe_to_dict(recipe: Mapping[str, Any]) -> dict:
+    """A plain, mutable deep copy of a recipe (nested dicts and lists), e.g. for YAML."""
+    if isinstance(recipe, Mapping):
+        return {str(k): recipe_to_dict(v) for k, v in recipe.items()}
+    if isinstance(recipe, (list, tuple)):
+        return [recipe_to_dict(v) for v in recipe]
+    return recipe
+
+
+def save_recipe(recipe: Mapping[str, Any], path: str | Path, header: str = "") -> Path:
+    """Write ``recipe`` as YAML to ``path`` atomically (keys in recipe order); returns the path.
+
+    ``header`` (e.g. ``"# best trial 7\n"``) is written above the YAML.
+    """
+    from fasttricks._io import atomic_write_text
+
+    text = header + yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+    return atomic_write_text(path, text)
 
 
 def _resolved(recipe: str | Path | Mapping[str, Any]) -> dict:
