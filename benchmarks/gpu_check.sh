@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 # The packages the GPU image lacks (it has torch, timm, numpy, pandas, scikit-learn, matplotlib,
 # pytest, pytest-timeout). Pinned to what the test extra resolves to on the CPU machine.
 WHEELS=(fastai==2.8.12 fastcore==2.2.41 fastprogress==1.0.5 fasttransform==0.0.5
-        plum-dispatch beartype optuna==5.0.0 alembic sqlalchemy colorlog Mako greenlet
+        plum-dispatch==2.9.0 beartype optuna==5.0.0 alembic sqlalchemy colorlog Mako greenlet
         mnist1d iterative-stratification platformdirs fastdownload
         ranger-adabelief==0.1.0 sam-pytorch==0.0.1)
 
