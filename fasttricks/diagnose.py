@@ -39,6 +39,7 @@ import pandas as pd
 
 from fasttricks._io import atomic_path
 from fasttricks._labels import as_array, encode_labels
+from fasttricks._stats import summarize
 from fasttricks._validate import check_choice, check_range
 
 if TYPE_CHECKING:
@@ -449,18 +450,11 @@ def labelling_priority(
 
 
 def seed_summary(values: Sequence[float]) -> dict[str, float]:
-    """n, mean, sample standard deviation (ddof=1), standard error (std / sqrt(n)), min, max.
+    """n, mean, sample standard deviation (ddof=1), standard error, min, max of ``values``.
 
-    With one value, std and stderr are 0.
+    With one value, std and stderr are 0 (see :func:`fasttricks._stats.summarize`).
     """
-    arr = np.asarray(values, dtype=float)
-    n = len(arr)
-    if n == 0:
-        raise ValueError("seed_summary needs at least one value, got none")
-    std = float(arr.std(ddof=1)) if n > 1 else 0.0
-    return {"n": n, "mean": float(arr.mean()), "std": std,
-            "stderr": std / math.sqrt(n) if n > 1 else 0.0,
-            "min": float(arr.min()), "max": float(arr.max())}
+    return summarize(values)
 
 
 @dataclass
