@@ -1,19 +1,28 @@
-"""Turn user labels (ints, strings, multi-hot rows) into class indices and per-class counts.
+"""Turn user labels (ints, strings, multi-hot rows) into class indices, per-class counts and
+per-class weights.
 
-Shared by `fasttricks.losses` (class weights) and `fasttricks.data` (oversampling, weighted
-sampling), so both read labels the same way. Private: the public entry points validate and
-document the accepted forms.
+Shared by `fasttricks.losses` (class-weighted losses) and `fasttricks.data` (oversampling,
+weighted sampling), so both read labels and weigh classes the same way. :func:`class_weights`
+is public through `fasttricks.data` and `fasttricks.losses`; the rest is private.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fasttricks import _validate
+from fasttricks._validate import check_choice, check_range, did_you_mean
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["CLASS_WEIGHT_METHODS", "EncodedLabels", "as_array", "class_weights", "encode_labels"]
+
+CLASS_WEIGHT_METHODS = ("sqrt_inv", "inv", "effective_number")
 
 
 @dataclass(frozen=True)
@@ -37,12 +46,6 @@ class EncodedLabels:
         if self.multilabel:
             return self.codes.sum(axis=0).astype(np.int64)
         return np.bincount(self.codes, minlength=self.n_classes).astype(np.int64)
-
-
-def closest(value: Any, options: Sequence) -> str:
-    """A ' (did you mean ...?)' hint naming the option closest to `value`, or ''."""
-    match = _validate.closest(value, options)
-    return f" (did you mean {match!r}?)" if match is not None else ""
 
 
 def _is_int_like(values: np.ndarray) -> bool:
@@ -140,7 +143,7 @@ def _encode_names(values: np.ndarray, vocab: list | None, n_classes: int | None)
         missing = sorted({str(v) for v in items if v not in known})
         if missing:
             raise ValueError(
-                f"labels {missing[:10]} are not in the vocab{closest(missing[0], vocab)}; "
+                f"labels {missing[:10]} are not in the vocab{did_you_mean(missing[0], vocab)}; "
                 f"vocab: {vocab}"
             )
     if n_classes is not None and n_classes != len(classes):
@@ -169,3 +172,71 @@ def _encode_multi_hot(
         raise ValueError(f"multi-hot labels have {n_cols} columns but n_classes={n_classes}")
     classes = vocab if vocab is not None else list(range(n_cols))
     return EncodedLabels(values.astype(np.int64), list(classes), multilabel=True)
+
+
+def class_weights(
+    labels: Any,
+    method: str = "sqrt_inv",
+    vocab: Sequence | None = None,
+    beta: float = 0.999,
+    *,
+    n_classes: int | None = None,
+) -> Tensor:
+    """Per-class loss weights from the training labels, ordered like the vocab.
+
+    With ``n_c`` items of class ``c`` (positives of class ``c`` for multi-label) and ``n_min``
+    the rarest class's count, the weights are scaled so that the rarest class gets 1:
+
+    * ``"sqrt_inv"`` (default, the fast.ai cheatsheet's rule): ``w_c = sqrt(n_min / n_c)``.
+    * ``"inv"``: ``w_c = n_min / n_c`` (inverse frequency; every class carries equal total
+      weight).
+    * ``"effective_number"`` (Cui et al. 2019, "Class-Balanced Loss Based on Effective Number
+      of Samples", https://arxiv.org/abs/1901.05555): ``w_c ∝ (1 - beta) / (1 - beta**n_c)``.
+      Cui et al. rescale to sum to the number of classes; here the rarest class gets 1, which
+      differs only by a constant factor.
+
+    Args:
+        labels: training labels: 1-D class indices or class names (str, int, ...), or a 2-D
+            multi-hot array (items x classes).
+        method: one of ``CLASS_WEIGHT_METHODS``.
+        vocab: class names in index order (fastai's ``dls.vocab``). Integer labels index into
+            it; other labels must all be in it. Default: ``range(max + 1)`` for integer labels,
+            the sorted unique labels otherwise.
+        beta: ``effective_number``'s beta in [0, 1); ignored by the other methods.
+        n_classes: number of classes for integer labels without a vocab, so that a class with
+            no sample is caught.
+
+    Returns:
+        A float32 tensor with one weight per class.
+
+    Raises:
+        ValueError: a class has no sample, labels are missing from the vocab, an unknown
+            method, or ``beta`` outside [0, 1).
+
+    Example::
+
+        >>> class_weights([0] * 100 + [1] * 25 + [2] * 4)
+        tensor([0.2000, 0.4000, 1.0000])
+    """
+    import torch
+
+    check_choice("class weight method", method, CLASS_WEIGHT_METHODS)
+    check_range("beta", beta, 0.0, 1.0, high_inclusive=False)
+    encoded = encode_labels(labels, vocab=vocab, n_classes=n_classes)
+    counts = encoded.counts()
+    empty = [encoded.classes[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise ValueError(
+            f"class {empty[0]!r} has no samples in labels (classes without samples: "
+            f"{empty[:10]}); class weights need at least one sample per class"
+        )
+    counts = counts.astype(np.float64)
+    if method == "sqrt_inv":
+        weights = np.sqrt(counts.min() / counts)
+    elif method == "inv":
+        weights = counts.min() / counts
+    else:
+        inverse_effective = (1.0 - beta) / -np.expm1(counts * math.log(beta)) if beta > 0 else 1.0
+        weights = np.broadcast_to(inverse_effective, counts.shape).astype(np.float64)
+        weights = weights / weights.max()
+    return torch.as_tensor(weights, dtype=torch.float32)

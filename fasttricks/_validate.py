@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from numbers import Real
 from typing import Any
 
-__all__ = ["ChoiceError", "check_choice", "check_range", "closest"]
+__all__ = ["ChoiceError", "check_choice", "check_range", "closest", "did_you_mean"]
 
 
 class ChoiceError(KeyError, ValueError):
@@ -33,6 +33,15 @@ def closest(value: Any, options: Iterable[Any], cutoff: float = 0.5) -> str | No
     spelled = {str(opt).lower(): str(opt) for opt in options}
     match = difflib.get_close_matches(str(value).lower(), list(spelled), n=1, cutoff=cutoff)
     return spelled[match[0]] if match else None
+
+
+def did_you_mean(value: Any, options: Iterable[Any]) -> str:
+    """A ``" (did you mean 'x'?)"`` hint naming the option closest to ``value``, or ``""``.
+
+    For messages that end in a list of what is allowed; built on :func:`closest`.
+    """
+    match = closest(value, options)
+    return f" (did you mean {match!r}?)" if match is not None else ""
 
 
 def _choice_message(name: str, value: Any, allowed: list[Any]) -> str:

@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -38,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fasttricks._labels import closest, encode_labels
-from fasttricks._validate import check_choice, check_range
+from fasttricks._labels import CLASS_WEIGHT_METHODS, class_weights
+from fasttricks._validate import check_choice, check_range, did_you_mean
+from fasttricks.registry import Registry
 
 __all__ = [
     "CLASS_WEIGHT_METHODS",
@@ -49,6 +49,7 @@ __all__ = [
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
     "FocalLoss",
+    "LOSSES",
     "LossConfig",
     "MultiLabelFocalLoss",
     "class_weights",
@@ -59,79 +60,8 @@ __all__ = [
 ]
 
 REDUCTIONS = ("none", "mean", "sum")
-CLASS_WEIGHT_METHODS = ("sqrt_inv", "inv", "effective_number")
 
 WeightLike = Tensor | Sequence[float] | np.ndarray
-
-
-# --------------------------------------------------------------------------------------------
-# class weights
-
-
-def class_weights(
-    labels: Any,
-    method: str = "sqrt_inv",
-    vocab: Sequence | None = None,
-    beta: float = 0.999,
-    *,
-    n_classes: int | None = None,
-) -> Tensor:
-    """Per-class loss weights from the training labels, ordered like the vocab.
-
-    With ``n_c`` items of class ``c`` (positives of class ``c`` for multi-label) and ``n_min``
-    the rarest class's count, the weights are scaled so that the rarest class gets 1:
-
-    * ``"sqrt_inv"`` (default, the fast.ai cheatsheet's rule): ``w_c = sqrt(n_min / n_c)``.
-    * ``"inv"``: ``w_c = n_min / n_c`` (inverse frequency; every class carries equal total
-      weight).
-    * ``"effective_number"`` (Cui et al. 2019, "Class-Balanced Loss Based on Effective Number
-      of Samples", https://arxiv.org/abs/1901.05555): ``w_c ∝ (1 - beta) / (1 - beta**n_c)``.
-      Cui et al. rescale to sum to the number of classes; here the rarest class gets 1, which
-      differs only by a constant factor.
-
-    Args:
-        labels: training labels: 1-D class indices or class names (str, int, ...), or a 2-D
-            multi-hot array (items x classes).
-        method: one of ``CLASS_WEIGHT_METHODS``.
-        vocab: class names in index order (fastai's ``dls.vocab``). Integer labels index into
-            it; other labels must all be in it. Default: ``range(max + 1)`` for integer labels,
-            the sorted unique labels otherwise.
-        beta: ``effective_number``'s beta in [0, 1); ignored by the other methods.
-        n_classes: number of classes for integer labels without a vocab, so that a class with
-            no sample is caught.
-
-    Returns:
-        A float32 tensor with one weight per class.
-
-    Raises:
-        ValueError: a class has no sample, labels are missing from the vocab, an unknown
-            method, or ``beta`` outside [0, 1).
-
-    Example::
-
-        >>> class_weights([0] * 100 + [1] * 25 + [2] * 4)
-        tensor([0.2000, 0.4000, 1.0000])
-    """
-    check_choice("class weight method", method, CLASS_WEIGHT_METHODS)
-    check_range("beta", beta, 0.0, 1.0, high_inclusive=False)
-    encoded = encode_labels(labels, vocab=vocab, n_classes=n_classes)
-    counts = encoded.counts()
-    empty = [encoded.classes[i] for i in np.flatnonzero(counts == 0)]
-    if empty:
-        raise ValueError(
-            f"class {empty[0]!r} has no samples in labels (classes without samples: "
-            f"{empty[:10]}); class weights need at least one sample per class"
-        )
-    counts = counts.astype(np.float64)
-    if method == "sqrt_inv":
-        weights = np.sqrt(counts.min() / counts)
-    elif method == "inv":
-        weights = counts.min() / counts
-    else:
-        inverse_effective = (1.0 - beta) / -np.expm1(counts * math.log(beta)) if beta > 0 else 1.0
-        weights = np.broadcast_to(inverse_effective, counts.shape).astype(np.float64)
-        weights = weights / weights.max()
-    return torch.as_tensor(weights, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,23 +653,19 @@ class LossConfig:
     weight_args: tuple[str, ...] = ()
 
 
-_LOSSES: dict[str, LossConfig] = {}
+LOSSES: Registry[LossConfig] = Registry("loss")
 
 
 def register_loss(name: str, config: LossConfig, *, overwrite: bool = False) -> None:
     """Add a loss to the registry used by `get_loss` and recipes (names are lower-cased)."""
     if not isinstance(config, LossConfig):
         raise TypeError(f"config must be a LossConfig, got {type(config).__name__}")
-    key = name.lower()
-    if key in _LOSSES and not overwrite:
-        raise ValueError(f"loss {key!r} is already registered; pass overwrite=True to replace it")
-    _LOSSES[key] = config
+    LOSSES.register(name, config, overwrite=overwrite)
 
 
 def list_losses(pattern: str | None = None) -> list[str]:
     """Registered loss names, sorted; ``pattern`` filters with shell-style globs (``"*focal"``)."""
-    names = sorted(_LOSSES)
-    return names if pattern is None else [n for n in names if fnmatch.fnmatch(n, pattern.lower())]
+    return LOSSES.names(pattern)
 
 
 def _accepted_kwargs(factory: Callable[..., Any]) -> list[str] | None:
@@ -779,9 +705,8 @@ def get_loss(
 
         loss_func = get_loss("focal", labels=train_y, gamma=2.0, alpha="sqrt_inv")
     """
-    key = name.lower() if isinstance(name, str) else name
-    check_choice("loss", key, list_losses())
-    config = _LOSSES[key]
+    key = LOSSES.key(name)
+    config = LOSSES.get(key)
     kwargs = dict(kwargs)
     vocab = kwargs.pop("vocab", None)
     beta = kwargs.pop("beta", 0.999)
@@ -804,7 +729,7 @@ def get_loss(
         if unknown:
             raise TypeError(
                 f"loss {key!r} got unexpected argument(s) {unknown}"
-                f"{closest(unknown[0], accepted)}; it takes {accepted}"
+                f"{did_you_mean(unknown[0], accepted)}; it takes {accepted}"
             )
     return config.factory(**kwargs)
 

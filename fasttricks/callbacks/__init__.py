@@ -5,49 +5,72 @@ Each callback lives in its own module; recipes pick them by name with :func:`get
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from fastai.callback.core import Callback
 
-from fasttricks._validate import check_choice
+from fasttricks._validate import did_you_mean
 from fasttricks.callbacks.ema import EMACallback, ema_decay
 from fasttricks.callbacks.loss_filter import BatchLossFilterCallback, loss_filter_mask
 from fasttricks.callbacks.nan_guard import NaNGuardCallback, NonFiniteLossError
 from fasttricks.callbacks.sam import SAMCallback, sam_perturbation
 from fasttricks.callbacks.save_best import SaveBestCallback
+from fasttricks.registry import Registry
 
 __all__ = [
+    "CALLBACKS",
     "BatchLossFilterCallback",
     "EMACallback",
     "NaNGuardCallback",
     "NonFiniteLossError",
     "SAMCallback",
     "SaveBestCallback",
+    "callback_options",
     "callback_registry",
     "ema_decay",
     "get_callback",
     "list_callbacks",
     "loss_filter_mask",
+    "register_callback",
     "sam_perturbation",
 ]
 
-_REGISTRY: dict[str, type[Callback]] = {
-    "sam": SAMCallback,
-    "loss_filter": BatchLossFilterCallback,
-    "save_best": SaveBestCallback,
-    "ema": EMACallback,
-    "nan_guard": NaNGuardCallback,
-}
+CALLBACKS: Registry[type[Callback]] = Registry("callback")
+
+
+def register_callback(name: str, cls: type[Callback], *, overwrite: bool = False) -> None:
+    """Make callback class ``cls`` available to :func:`get_callback` and recipes as ``name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Callback)):
+        raise TypeError(f"cls must be a fastai Callback class, got {cls!r}")
+    CALLBACKS.register(name, cls, overwrite=overwrite)
+
+
+for _name, _cls in (("sam", SAMCallback), ("loss_filter", BatchLossFilterCallback),
+                    ("save_best", SaveBestCallback), ("ema", EMACallback),
+                    ("nan_guard", NaNGuardCallback)):
+    register_callback(_name, _cls)
 
 
 def callback_registry() -> dict[str, type[Callback]]:
     """A copy of the name -> callback class registry used by :func:`get_callback`."""
-    return dict(_REGISTRY)
+    return dict(CALLBACKS.view)
 
 
-def list_callbacks() -> list[str]:
-    """The callback names :func:`get_callback` knows, sorted."""
-    return sorted(_REGISTRY)
+def list_callbacks(pattern: str | None = None) -> list[str]:
+    """The callback names :func:`get_callback` knows, sorted; ``pattern`` is a glob."""
+    return CALLBACKS.names(pattern)
+
+
+def callback_options(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword arguments callback ``name`` takes (its constructor's signature), by name.
+
+    Lets a recipe check a callback's options without building the callback.
+    """
+    cls = CALLBACKS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    return {k: p for k, p in params.items()
+            if k != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def get_callback(name: str, **kwargs: Any) -> Callback:
@@ -63,17 +86,10 @@ def get_callback(name: str, **kwargs: Any) -> Callback:
     """
     if not isinstance(name, str):
         raise TypeError(f"callback name must be a string, got {name!r}")
-    key = check_choice("callback", name.strip().lower(), list_callbacks())
-    cls = _REGISTRY[key]
-    try:
-        return cls(**kwargs)
-    except TypeError as err:
-        import inspect
-
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        unknown = sorted(set(kwargs) - set(allowed))
-        if unknown:
-            raise TypeError(
-                f"callback {key!r} got unexpected argument(s) {unknown}; allowed: {allowed}"
-            ) from err
-        raise
+    cls = CALLBACKS.get(name)
+    allowed = list(callback_options(name))
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"callback {CALLBACKS.key(name)!r} got unexpected argument(s) {unknown}"
+                        f"{did_you_mean(unknown[0], allowed)}; allowed: {allowed}")
+    return cls(**kwargs)

@@ -18,6 +18,7 @@ from fastai.callback.core import Callback
 
 from fasttricks._io import atomic_torch_save
 from fasttricks._validate import check_range
+from fasttricks.callbacks.save_best import SaveBestCallback
 
 __all__ = ["EMACallback", "ema_decay"]
 
@@ -49,6 +50,9 @@ class EMACallback(Callback):
     the EMA weights; the raw weights come back before the next epoch trains. At the end of fit the
     EMA weights are copied into the model, unless a :class:`SaveBestCallback` has just reloaded
     its best checkpoint. The EMA continues across fits of the same model (``fine_tune``).
+    Whenever a :class:`SaveBestCallback` has just written a checkpoint, the EMA state is written
+    beside it as ``{fname}_ema.pth``, so the averaged weights travel with the model they belong
+    to.
 
     The state (decay, update count, averaged weights) round-trips with :meth:`state_dict`,
     :meth:`load_state_dict`, :meth:`save` and :meth:`load`.
@@ -148,14 +152,16 @@ class EMACallback(Callback):
 
     def after_epoch(self) -> None:
         self._swap_out()
+        for cb in self.learn.cbs:  # keep the EMA state with the checkpoint it belongs to
+            if (isinstance(cb, SaveBestCallback) and cb.saved_epoch is not None
+                    and cb.saved_epoch == self.epoch and self.ema_params is not None):
+                self.save(cb.fname)
 
     def after_fit(self) -> None:
         if not self._in_fit:
             return
         self._in_fit = False
         self._swap_out()
-        from fasttricks.callbacks.save_best import SaveBestCallback
-
         save_best = next(
             (cb for cb in self.learn.cbs if isinstance(cb, SaveBestCallback) and cb.reloaded),
             None,

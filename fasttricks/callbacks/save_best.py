@@ -19,6 +19,7 @@ from fastai.torch_core import get_model, rank_distrib
 
 from fasttricks._io import atomic_torch_save
 from fasttricks._validate import ChoiceError, check_range, closest
+from fasttricks.metrics import lower_is_better
 
 __all__ = ["SaveBestCallback"]
 
@@ -28,12 +29,14 @@ logger = logging.getLogger(__name__)
 class SaveBestCallback(Callback):
     """Save the model when ``monitor`` improves and reload the best weights after fit.
 
-    The direction is inferred from the name like fastai's trackers: a name containing ``loss``
-    or ``error`` is better when lower, anything else when higher. An epoch counts as better when
+    The direction comes from :func:`fasttricks.metrics.lower_is_better`: registered metrics
+    know theirs (``error_rate`` is minimized); any other name containing ``loss`` or ``error``
+    is better when lower, anything else when higher (fastai's tracker rule). An epoch counts as better when
     it beats the best so far by more than ``min_delta``. The checkpoint goes to
     ``learn.path/learn.model_dir/{fname}.pth`` in fastai's ``learn.save`` format (so
     ``learn.load(fname)`` reads it), written atomically. With an :class:`EMACallback` on the
-    learner, its state is saved beside it as ``{fname}_ema.pth`` (``EMACallback.load(fname)``).
+    learner, the EMA writes its state beside it as ``{fname}_ema.pth`` after each save
+    (``EMACallback.load(fname)``); ``saved_epoch`` says which epoch was saved last.
 
     After fit, ``best_epoch`` (0-based epoch index, None if no epoch completed) and ``best_value``
     hold the best epoch and its value; ``ckpt_path`` the checkpoint file.
@@ -67,8 +70,7 @@ class SaveBestCallback(Callback):
             raise TypeError(f"comp must be a comparison like np.less or np.greater, got {comp!r}")
         self.monitor = monitor
         if comp is None:
-            lower = "loss" in monitor or "error" in monitor
-            comp = np.less if lower else np.greater
+            comp = np.less if lower_is_better(monitor) else np.greater
         self.comp = comp
         self.min_delta = float(check_range("min_delta", min_delta, low=0.0))
         if not isinstance(fname, str) or not fname:
@@ -79,6 +81,7 @@ class SaveBestCallback(Callback):
         self.best_epoch: int | None = None
         self.best_value: float | None = None
         self.ckpt_path: Path | None = None
+        self.saved_epoch: int | None = None
         self.reloaded = False
 
     @property
@@ -97,6 +100,7 @@ class SaveBestCallback(Callback):
     def before_fit(self) -> None:
         self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self.learn, "gather_preds")
         self.best_epoch, self.best_value, self.reloaded = None, None, False
+        self.saved_epoch = None
         if not self.run:
             return
         recorder = next((cb for cb in self.learn.cbs if isinstance(cb, Recorder)), None)
@@ -129,11 +133,7 @@ class SaveBestCallback(Callback):
         if self.with_opt and opt is not None:
             state = {"model": state, "opt": opt.state_dict()}
         atomic_torch_save(state, self.ckpt_path)
-        from fasttricks.callbacks.ema import EMACallback
-
-        for cb in self.learn.cbs:  # keep the EMA state with the checkpoint it belongs to
-            if isinstance(cb, EMACallback) and cb.ema_params is not None:
-                cb.save(self.fname)
+        self.saved_epoch = int(self.epoch)
 
     def after_fit(self) -> None:
         if not self.reload or self.best_epoch is None or self.ckpt_path is None:

@@ -1,11 +1,12 @@
 """Data helpers for training: oversampling and weighted sampling of the training set, and k-fold
 splits for cross-validation.
 
-`class_weights` lives in `fasttricks.losses` and is re-exported here for convenience.
+`class_weights` (per-class weights from the training labels) is shared with `fasttricks.losses`.
 """
 
 from __future__ import annotations
 
+from fasttricks._labels import CLASS_WEIGHT_METHODS, class_weights
 from fasttricks.data.folds import kfold_splits
 from fasttricks.data.sampling import (
     WeightedSampler,
@@ -14,9 +15,9 @@ from fasttricks.data.sampling import (
     oversample_indices,
     weighted_dataloaders,
 )
-from fasttricks.losses import class_weights
 
 __all__ = [
+    "CLASS_WEIGHT_METHODS",
     "WeightedSampler",
     "class_weights",
     "item_weights",

@@ -6,7 +6,7 @@
   remedy for CNNs. Apply it to the training items only; validation data stays as it is.
 * `weighted_dataloaders`: a copy of a fastai `DataLoaders` whose training loader draws items
   with replacement with probability proportional to per-item weights (by default derived from
-  the labels with `fasttricks.losses.class_weights`). Works for `TfmdDL` (DataBlock /
+  the labels with `fasttricks.data.class_weights`). Works for `TfmdDL` (DataBlock /
   Datasets), plain fastai `DataLoader` and tabular `TabDataLoader`, where fastai's own
   `WeightedDL` (built for `Datasets` only) does not apply.
 """
@@ -22,9 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from fasttricks._labels import EncodedLabels, as_array, closest, encode_labels
-from fasttricks._validate import check_choice
-from fasttricks.losses import CLASS_WEIGHT_METHODS, class_weights
+from fasttricks._labels import (
+    CLASS_WEIGHT_METHODS,
+    EncodedLabels,
+    as_array,
+    class_weights,
+    encode_labels,
+)
+from fasttricks._validate import check_choice, did_you_mean
 
 __all__ = [
     "WeightedSampler",
@@ -60,7 +65,7 @@ def _target_counts(encoded: EncodedLabels, strategy: Strategy) -> np.ndarray:
         if strategy != "max":
             raise ValueError(
                 f"strategy must be 'max', a ratio in (0, 1] or a mapping {{class: count}}, "
-                f"got {strategy!r}{closest(strategy, ['max'])}"
+                f"got {strategy!r}{did_you_mean(strategy, ['max'])}"
             )
         return np.where(present, counts.max(), 0)
     if isinstance(strategy, Mapping):
@@ -70,7 +75,7 @@ def _target_counts(encoded: EncodedLabels, strategy: Strategy) -> np.ndarray:
             if cls not in index:
                 raise ValueError(
                     f"strategy names class {cls!r}, which is not in the labels "
-                    f"{encoded.classes[:20]}{closest(cls, encoded.classes)}"
+                    f"{encoded.classes[:20]}{did_you_mean(cls, encoded.classes)}"
                 )
             if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
                 raise ValueError(
@@ -181,7 +186,7 @@ def oversample(
         if labels not in items.columns:
             raise KeyError(
                 f"label column {labels!r} is not in the DataFrame"
-                f"{closest(labels, list(items.columns))}; columns: {list(items.columns)}"
+                f"{did_you_mean(labels, list(items.columns))}; columns: {list(items.columns)}"
             )
         labels = items[labels]
     if len(items) != len(labels):
