@@ -34,8 +34,10 @@ import pandas as pd
 
 from fasttricks._io import atomic_path
 from fasttricks._validate import check_choice, check_range
+from fasttricks.registry import Registry
 
 __all__ = [
+    "DATASETS",
     "DataSplits",
     "Split",
     "dataset_parameters",
@@ -46,6 +48,7 @@ __all__ = [
     "longtail",
     "mnist1d",
     "multilabel",
+    "register_dataset",
     "synthetic",
     "tabular_csv",
 ]
@@ -467,26 +470,31 @@ def tabular_csv(
                             "cat_names": list(cat_names), "cont_names": list(cont_names)})
 
 
-_DATASETS: dict[str, Callable[..., DataSplits]] = {
-    "digits": digits,
-    "mnist1d": mnist1d,
-    "longtail": longtail,
-    "multilabel": multilabel,
-    "synthetic": synthetic,
-    "image_folder": image_folder,
-    "tabular_csv": tabular_csv,
-}
+DATASETS: Registry[Callable[..., DataSplits]] = Registry("dataset")
 
 
-def list_datasets() -> list[str]:
-    """Names accepted by :func:`load_dataset`."""
-    return sorted(_DATASETS)
+def register_dataset(name: str, loader: Callable[..., DataSplits], *,
+                     overwrite: bool = False) -> None:
+    """Make ``loader(**kwargs) -> DataSplits`` loadable by name (and usable in recipes)."""
+    if not callable(loader):
+        raise TypeError(f"loader must be callable, got {loader!r}")
+    DATASETS.register(name, loader, overwrite=overwrite)
+
+
+for _name, _loader in (("digits", digits), ("mnist1d", mnist1d), ("longtail", longtail),
+                       ("multilabel", multilabel), ("synthetic", synthetic),
+                       ("image_folder", image_folder), ("tabular_csv", tabular_csv)):
+    register_dataset(_name, _loader)
+
+
+def list_datasets(pattern: str | None = None) -> list[str]:
+    """Names accepted by :func:`load_dataset`; ``pattern`` filters with a glob."""
+    return DATASETS.names(pattern)
 
 
 def dataset_parameters(name: str) -> dict[str, inspect.Parameter]:
     """The keyword arguments the loader ``name`` accepts (used to validate recipes)."""
-    check_choice("dataset", name, list_datasets())
-    return dict(inspect.signature(_DATASETS[name]).parameters)
+    return dict(inspect.signature(DATASETS.get(name)).parameters)
 
 
 def load_dataset(name: str, **kwargs: Any) -> DataSplits:
@@ -500,4 +508,4 @@ def load_dataset(name: str, **kwargs: Any) -> DataSplits:
     params = dataset_parameters(name)
     for key in kwargs:
         check_choice(f"{name} argument", key, list(params))
-    return _DATASETS[name](**kwargs)
+    return DATASETS.get(name)(**kwargs)

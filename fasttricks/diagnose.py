@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fasttricks._io import atomic_path
+from fasttricks._io import save_figure
 from fasttricks._labels import as_array, encode_labels
 from fasttricks._stats import summarize
 from fasttricks._validate import check_choice, check_range
@@ -499,7 +499,8 @@ def seed_variance(
     standard deviations of the seed-to-seed spread, the validation set cannot tell them apart
     (make it bigger, or average over seeds). Each run is
     ``run_recipe(set_in_recipe(recipe, "seed", s))``; the data split (``data.seed``) stays
-    fixed, so only the training varies.
+    fixed, so only the training varies (:func:`fasttricks.recipes.seed_runs`, the one seed
+    loop).
 
     Args:
         recipe: a recipe path or mapping (see :func:`fasttricks.recipes.load_recipe`).
@@ -510,7 +511,7 @@ def seed_variance(
     """
     from fastprogress.fastprogress import progress_bar
 
-    from fasttricks.recipes import load_recipe, primary_metric, run_recipe, set_in_recipe
+    from fasttricks.recipes import load_recipe, primary_metric, seed_runs
 
     check_choice("split", split, ("valid", "test"))
     seeds = list(seeds)
@@ -529,8 +530,7 @@ def seed_variance(
         check_choice("metric", metric, ["loss", *recipe["metrics"]])
     rows = []
     bar = progress_bar(seeds, display=progress, leave=True)
-    for seed in bar:
-        result = run_recipe(set_in_recipe(recipe, "seed", int(seed)), progress=False)
+    for seed, result in seed_runs(recipe, bar, progress=False):
         scores = result.valid if split == "valid" else result.test
         rows.append({"seed": int(seed), "value": scores[metric], "loss": scores["loss"]})
         bar.comment = f"seed {seed}: {split} {metric} {scores[metric]:.4f}"
@@ -616,9 +616,7 @@ class Diagnosis:
             _heat_map(ax_right, self.confusion, self.classes, fig)
         fig.tight_layout()
         if path is not None:
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, dpi=110, format="png")
-            plt.close(fig)
+            save_figure(fig, path, dpi=110)
         return fig
 
 

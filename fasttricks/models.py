@@ -17,14 +17,19 @@ For conv models ``n_in`` is the number of input channels.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from fasttricks._validate import check_choice, check_range
+from fasttricks.registry import Registry
 
 __all__ = [
+    "INPUT_KINDS",
+    "MODELS",
+    "ModelSpec",
     "cnn1d",
     "cnn2d",
     "create_model",
@@ -32,6 +37,7 @@ __all__ = [
     "mlp",
     "model_factory",
     "model_input_kind",
+    "register_model",
     "tabular",
 ]
 
@@ -201,36 +207,58 @@ def _timm_model(name: str, n_in: int, n_out: int, **kwargs: Any) -> nn.Module:
     return timm.create_model(name, num_classes=n_out, in_chans=n_in, **kwargs)
 
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": mlp,
-    "cnn1d": cnn1d,
-    "cnn2d": cnn2d,
-    "tabular": tabular,
-}
+@dataclass(frozen=True)
+class ModelSpec:
+    """A built-in model: ``factory(n_in, n_out, **options)`` and what ``n_in`` means for it
+    (``"features"``, ``"channels"`` or ``"tabular"``; the recipe builder derives it)."""
 
-# What a model expects of an item: the recipe builder derives ``n_in`` from this.
-_INPUT_KIND = {"mlp": "features", "cnn1d": "channels", "cnn2d": "channels", "tabular": "tabular"}
+    factory: Callable[..., nn.Module]
+    input_kind: str
 
 
-def list_models() -> list[str]:
-    """Built-in model names; any ``timm:<name>`` is accepted as well."""
-    return sorted(_MODELS)
+INPUT_KINDS = ("features", "channels", "tabular")
+MODELS: Registry[ModelSpec] = Registry("model")
+
+
+def register_model(name: str, factory: Callable[..., nn.Module], input_kind: str, *,
+                   overwrite: bool = False) -> None:
+    """Make ``factory(n_in, n_out, **options)`` buildable by name (and usable in recipes)."""
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {factory!r}")
+    check_choice("input kind", input_kind, INPUT_KINDS)
+    if name.strip().lower().startswith("timm:"):
+        raise ValueError(f"model names starting with 'timm:' are timm's, got {name!r}")
+    MODELS.register(name, ModelSpec(factory, input_kind), overwrite=overwrite)
+
+
+for _name, _factory, _kind in (("mlp", mlp, "features"), ("cnn1d", cnn1d, "channels"),
+                               ("cnn2d", cnn2d, "channels"), ("tabular", tabular, "tabular")):
+    register_model(_name, _factory, _kind)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Built-in model names (glob ``pattern`` optional); any ``timm:<name>`` is accepted too."""
+    return MODELS.names(pattern)
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        check_choice("model", name, [*list_models(), "timm:<name>"])
+    return MODELS.get(name)
 
 
 def model_input_kind(name: str) -> str:
     """What ``n_in`` means for ``name``: ``"features"``, ``"channels"`` or ``"tabular"``."""
     if name.startswith("timm:"):
         return "channels"
-    check_choice("model", name, [*list_models(), "timm:<name>"])
-    return _INPUT_KIND[name]
+    return _spec(name).input_kind
 
 
 def model_factory(name: str) -> Callable[..., nn.Module]:
     """The builder behind ``name`` (its signature lists the accepted keyword arguments)."""
     if name.startswith("timm:"):
         return _timm_model
-    check_choice("model", name, [*list_models(), "timm:<name>"])
-    return _MODELS[name]
+    return _spec(name).factory
 
 
 def create_model(name: str, n_in: int, n_out: int, **kwargs: Any) -> nn.Module:

@@ -23,154 +23,23 @@ the folds already finished.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
-import yaml
-
-from fasttricks._io import atomic_path, atomic_torch_save, atomic_write_csv, atomic_write_text
-from fasttricks.diagnose import seed_summary
-
-__all__ = ["main", "plot_history", "run_seeds", "seed_summary", "summary_line", "write_run"]
+__all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
-
-def plot_history(history: pd.DataFrame, metric: str | None, path: str | Path) -> Path:
-    """Save a two-panel PNG: train/valid loss per epoch, and ``metric`` per epoch if recorded."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    show_metric = metric is not None and metric in history and metric != "valid_loss"
-    fig, axes = plt.subplots(1, 2 if show_metric else 1, figsize=(10 if show_metric else 5, 3.6))
-    axes = np.atleast_1d(axes)
-    epochs = history["epoch"] + 1 if "epoch" in history else np.arange(1, len(history) + 1)
-    for col, style in (("train_loss", "-o"), ("valid_loss", "-s")):
-        if col in history:
-            axes[0].plot(epochs, history[col], style, label=col, markersize=3)
-    axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("loss")
-    axes[0].legend()
-    axes[0].grid(alpha=0.3)
-    if show_metric:
-        axes[1].plot(epochs, history[metric], "-o", color="C2", markersize=3)
-        axes[1].set_xlabel("epoch")
-        axes[1].set_ylabel(f"valid {metric}")
-        axes[1].grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(path)
+# The errors a bad recipe, option or data setting raises: printed as one line, exit code 2.
+_USER_ERRORS = (KeyError, TypeError, ValueError, FileNotFoundError)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_run(result: Any, run_dir: str | Path) -> Path:
-    """Write a :class:`~fasttricks.recipes.RunResult` into ``run_dir`` (atomically, file by file).
-
-    Files: ``recipe.yaml``, ``metrics.csv``, ``model.pth``, ``curves.png``, ``summary.json``.
-    Returns ``run_dir``.
-    """
-    from fasttricks.recipes import primary_metric
-
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recipe = result.learn.recipe
-    metric, direction = primary_metric(recipe)
-    atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
-    atomic_write_csv(result.history, run_dir / "metrics.csv")
-    atomic_torch_save(result.learn.model.state_dict(), run_dir / "model.pth")
-    plot_history(result.history, metric, run_dir / "curves.png")
-    seconds = float(result.history["seconds"].sum()) if "seconds" in result.history else None
-    summary = {
-        "name": recipe["name"], "seed": recipe["seed"], "primary_metric": metric,
-        "direction": direction, "epochs": int(len(result.history)), "train_seconds": seconds,
-        "valid": result.valid, "test": result.test, **result.extra,
-    }
-    atomic_write_text(run_dir / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
-    return run_dir
-
-
-def summary_line(result: Any) -> str:
-    """One line: name, test metric and loss, valid metric, epochs, time and the run folder."""
-    from fasttricks.recipes import primary_metric
-
-    recipe = result.learn.recipe
-    metric, _ = primary_metric(recipe)
-    key = "loss" if metric == "valid_loss" else metric
-    secs = float(result.history["seconds"].sum()) if "seconds" in result.history else float("nan")
-    nan = float("nan")
-    parts = [f"{recipe['name']} (seed {recipe['seed']}): test {key} "
-             f"{result.test.get(key, nan):.4f}",
-             f"test loss {result.test['loss']:.4f}",
-             f"valid {key} {result.valid.get(key, nan):.4f}",
-             f"{len(result.history)} epochs in {secs:.1f}s"]
-    if "save_best" in result.extra:
-        sb = result.extra["save_best"]
-        parts.append(f"save-best (epoch {sb['best_epoch'] + 1}) test {key} "
-                     f"{sb['test'].get(key, float('nan')):.4f} vs retrain test {key} "
-                     f"{result.test.get(key, float('nan')):.4f}")
-    if result.out_dir is not None:
-        parts.append(f"-> {result.out_dir}")
-    return ", ".join(parts)
-
-
-def run_seeds(
-    recipe: Any, n_seeds: int, out_dir: str | Path | None = "runs", progress: bool = True
-) -> tuple[pd.DataFrame, dict]:
-    """Run a recipe with seeds ``seed .. seed + n_seeds - 1``; per-seed table and summary.
-
-    The summary holds mean / std / stderr of the test value of the primary metric (and of the
-    test loss). With ``out_dir`` each seed goes to ``<out_dir>/<name>/seed_<s>/`` and the
-    table and summary to ``seeds.csv`` / ``seeds.json`` beside them.
-    """
-    from fasttricks.recipes import load_recipe, primary_metric, run_recipe, set_in_recipe
-
-    recipe = load_recipe(recipe)
-    if n_seeds < 1:
-        raise ValueError(f"n_seeds must be >= 1, got {n_seeds!r}")
-    metric, direction = primary_metric(recipe)
-    key = "loss" if metric == "valid_loss" else metric
-    base = Path(out_dir) / recipe["name"] if out_dir else None
-    rows = []
-    for i in range(n_seeds):
-        seed = recipe["seed"] + i
-        r = set_in_recipe(recipe, "seed", seed)
-        result = run_recipe(r, out_dir=None, progress=progress)
-        if base is not None:
-            result.out_dir = write_run(result, base / f"seed_{seed}")
-        print(summary_line(result), flush=True)
-        rows.append({"seed": seed, f"test_{key}": result.test[key],
-                     "test_loss": result.test["loss"], f"valid_{key}": result.valid[key]})
-    table = pd.DataFrame(rows)
-    summary = {"name": recipe["name"], "metric": key, "direction": direction,
-               "test": seed_summary(table[f"test_{key}"]),
-               "test_loss": seed_summary(table["test_loss"])}
-    if base is not None:
-        atomic_write_csv(table, base / "seeds.csv")
-        atomic_write_text(base / "seeds.json", json.dumps(_jsonable(summary), indent=2) + "\n")
-    return table, summary
+def _error(err: BaseException) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,10 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error instead of one line")
     return p
 
 
-def _run_kfold(recipe: dict, n_splits: int, out: str | None, progress: bool) -> int:
+def _run_kfold(recipe: object, n_splits: int, out: str | None, progress: bool) -> int:
     """``--kfold N``: :func:`fasttricks.ensemble.kfold_fit`, its one-line summary, exit status."""
     import tempfile
     from contextlib import ExitStack
@@ -204,38 +75,27 @@ def _run_kfold(recipe: dict, n_splits: int, out: str | None, progress: bool) -> 
     with ExitStack() as stack:
         if out is None:  # --no-save: the fold models only live while they are scored
             out = stack.enter_context(tempfile.TemporaryDirectory())
-        try:
-            result = kfold_fit(recipe, n_splits=n_splits, out_dir=out, progress=progress)
-        except ValueError as err:  # e.g. fewer than 2 folds, a class rarer than the folds
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        result = kfold_fit(recipe, n_splits=n_splits, out_dir=out, progress=progress)
     if not progress:  # with progress, kfold_fit has printed it already
         print(result.summary())
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m fasttricks.train``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from fasttricks.recipes import load_recipe, run_recipe
+    from fasttricks.recipes import RecipeError, load_recipe, run_recipe, run_seeds
+    from fasttricks.runs import summary_line
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.recipe, args.overrides)
     out = None if args.no_save else args.out
     progress = not args.no_progress
     start = time.perf_counter()
     if args.kfold is not None:
         if args.seeds > 1:
-            print("error: --kfold and --seeds cannot be combined; choose one", file=sys.stderr)
-            return 2
+            raise RecipeError("--kfold and --seeds cannot be combined; choose one")
         return _run_kfold(recipe, args.kfold, out, progress)
     if args.seeds > 1:
         _, summary = run_seeds(recipe, args.seeds, out_dir=out, progress=progress)
@@ -249,6 +109,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_recipe(recipe, out_dir=out, progress=progress)
     print(summary_line(result))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m fasttricks.train``; returns the exit status.
+
+    A bad recipe (unknown key, wrong type, value out of range, missing file), a bad option or
+    data that do not fit the recipe print one line ``error: ...`` and return 2; ``--debug``
+    shows the traceback instead.
+    """
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(args)
+    except _USER_ERRORS as err:
+        if args.debug:
+            raise
+        return _error(err)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,75 @@
+"""Recipes: a YAML file -> a validated, read-only recipe -> fastai Learner -> fit, evaluate.
+
+Three layers, each importing only the one before it:
+
+- the schema (``_schema``): :func:`load_recipe` validates once and returns a :class:`Recipe`;
+  :func:`set_in_recipe`, :func:`recipe_to_dict`, :func:`save_recipe`, :func:`primary_metric`.
+  Importable without fastai.
+- the builders (``_build``): :func:`build_dataloaders`, :func:`build_learner` (the one place a
+  Learner is made from a recipe).
+- running (``_run``): :func:`fit_learner`, :func:`evaluate`, :func:`run_recipe`
+  (:class:`RunResult`) and the one seed loop, :func:`seed_runs` / :func:`run_seeds`.
+
+The builders and runners are imported on first use, so ``import fasttricks.recipes`` stays
+light. Metrics and their directions come from :mod:`fasttricks.metrics`; run folders are
+written by :mod:`fasttricks.runs`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fasttricks.recipes._schema import (
+    FrozenDict,
+    FrozenList,
+    Recipe,
+    RecipeError,
+    UnknownOptionError,
+    list_metrics,
+    load_recipe,
+    primary_metric,
+    recipe_to_dict,
+    save_recipe,
+    set_in_recipe,
+)
+
+_LAZY = {
+    "build_dataloaders": "_build",
+    "build_learner": "_build",
+    "learning_rate": "_build",
+    "set_learning_rate": "_build",
+    "RunResult": "_run",
+    "evaluate": "_run",
+    "fit_learner": "_run",
+    "run_recipe": "_run",
+    "run_seeds": "_run",
+    "seed_runs": "_run",
+}
+
+__all__ = [
+    "FrozenDict",
+    "FrozenList",
+    "Recipe",
+    "RecipeError",
+    "UnknownOptionError",
+    "list_metrics",
+    "load_recipe",
+    "primary_metric",
+    "recipe_to_dict",
+    "save_recipe",
+    "set_in_recipe",
+    *sorted(_LAZY),
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,280 @@
+"""Running a recipe: fit with its schedule, evaluate, train over seeds.
+
+:func:`run_recipe` builds (:func:`~fasttricks.recipes.build_learner`), fits
+(:func:`fit_learner`) and scores a recipe on the validation and test splits, optionally with the
+cheatsheet's save-best-then-retrain comparison; :func:`seed_runs` is the one loop that trains a
+recipe once per seed (the train command's ``--seeds`` and
+:func:`fasttricks.diagnose.seed_variance` both use it).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from fastai.callback.core import Callback
+from fastai.learner import Learner
+
+from fasttricks._io import quiet_fit
+from fasttricks.recipes._build import (
+    _recipe,
+    build_learner,
+    seed_everything,
+    set_learning_rate,
+)
+from fasttricks.recipes._schema import primary_metric, set_in_recipe
+
+__all__ = [
+    "RunResult",
+    "evaluate",
+    "fit_learner",
+    "run_recipe",
+    "run_seeds",
+    "seed_runs",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def fit_learner(
+    learn: Learner,
+    recipe: Mapping[str, Any] | None = None,
+    cbs: Sequence[Callback] = (),
+    epochs: int | None = None,
+) -> None:
+    """Fit ``learn`` with the recipe's schedule: ``fit_flat_cos`` (default) or ``fit_one_cycle``.
+
+    The seed is re-applied first, so a fit is reproducible whatever ran before it. The learning
+    rate is the recipe's (``learn.lr``, see :func:`~fasttricks.recipes.set_learning_rate`).
+
+    Args:
+        learn: a learner from :func:`~fasttricks.recipes.build_learner`.
+        recipe: the recipe whose schedule and lr to use (default ``learn.recipe``).
+        cbs: extra callbacks for this fit only.
+        epochs: override ``schedule.epochs``.
+    """
+    if recipe is None:
+        recipe = learn.recipe
+    else:
+        recipe = _recipe(recipe)
+        set_learning_rate(learn, recipe)
+    sched = recipe["schedule"]
+    n_epochs = sched["epochs"] if epochs is None else int(epochs)
+    if n_epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+    seed_everything(recipe["seed"])
+    if sched["fit"] == "flat_cos":
+        learn.fit_flat_cos(n_epochs, div_final=sched["div_final"],
+                           pct_start=sched["pct_start"], cbs=list(cbs))
+    else:
+        learn.fit_one_cycle(n_epochs, div=sched["div"], div_final=sched["div_final"],
+                            pct_start=sched["pct_start"], cbs=list(cbs))
+
+
+def evaluate(learn: Learner, ds_idx: int = 2) -> dict[str, float]:
+    """Loss and every metric of ``learn`` on loader ``ds_idx`` (default 2: the test split).
+
+    Returns ``{"loss": ..., "<metric name>": ...}`` in the recorder's order.
+    """
+    with quiet_fit(learn):
+        values = learn.validate(ds_idx=ds_idx)
+    names = ["loss"] + [m.name for m in learn.metrics]
+    return {n: float(v) for n, v in zip(names, values)}
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_recipe` returns.
+
+    Attributes:
+        learn: the trained learner.
+        valid, test: ``{"loss": ..., metric: ...}`` on the validation and test splits.
+        history: one row per epoch (epoch, train_loss, valid_loss, metrics, seconds, timestamp).
+        out_dir: the run folder written, or None.
+        extra: anything else (e.g. ``save_best`` results when ``retrain_at_best`` is on).
+    """
+
+    learn: Learner
+    valid: dict
+    test: dict
+    history: pd.DataFrame
+    out_dir: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class _EpochClock(Callback):
+    """Record when each epoch ended (UTC) and how long it took."""
+
+    order = 60
+
+    def before_fit(self) -> None:
+        self.stamps: list[tuple[float, str]] = []
+
+    def before_epoch(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def after_epoch(self) -> None:
+        self.stamps.append((time.perf_counter() - self._t0,
+                            datetime.now(timezone.utc).isoformat(timespec="seconds")))
+
+
+def _history(learn: Learner, clock: _EpochClock) -> pd.DataFrame:
+    names = [n for n in learn.recorder.metric_names[1:] if n != "time"]
+    rows = []
+    for i, values in enumerate(learn.recorder.values):
+        row: dict[str, Any] = {"epoch": i}
+        row.update({n: (None if v is None else float(v)) for n, v in zip(names, values)})
+        if i < len(clock.stamps):
+            row["seconds"] = round(clock.stamps[i][0], 4)
+            row["timestamp"] = clock.stamps[i][1]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fit_and_score(learn: Learner, cbs: Sequence[Callback], progress: bool,
+                   epochs: int | None = None) -> tuple[dict, dict, pd.DataFrame]:
+    clock = _EpochClock()
+    with ExitStack() as stack:
+        if not progress:
+            stack.enter_context(quiet_fit(learn))
+        fit_learner(learn, cbs=[clock, *cbs], epochs=epochs)
+    history = _history(learn, clock)  # before validate(), which resets the recorder
+    return evaluate(learn, 1), evaluate(learn, 2), history
+
+
+def _save_best_then_retrain(recipe: Mapping[str, Any], cbs: Sequence[Callback],
+                            progress: bool) -> tuple[Learner, dict, dict, pd.DataFrame, dict]:
+    from fasttricks.callbacks import SaveBestCallback
+
+    metric, _ = primary_metric(recipe)
+    saver = SaveBestCallback(monitor=metric, fname="best")
+    learn = build_learner(recipe)
+    with tempfile.TemporaryDirectory(prefix="fasttricks-best-") as tmp:
+        path, model_dir = learn.path, learn.model_dir
+        learn.path, learn.model_dir = Path(tmp), "."
+        try:
+            valid, test, history = _fit_and_score(learn, [saver, *cbs], progress)
+        finally:
+            learn.path, learn.model_dir = path, model_dir
+    best_epoch = saver.best_epoch if saver.best_epoch is not None else len(history) - 1
+    extra: dict[str, Any] = {
+        "save_best": {"best_epoch": int(best_epoch), "best_value": saver.best_value,
+                      "monitor": metric, "valid": valid, "test": test,
+                      "history": history.to_dict(orient="records")}}
+    learn = build_learner(recipe)
+    valid, test, history = _fit_and_score(learn, cbs, progress, epochs=best_epoch + 1)
+    extra["retrain"] = {"epochs": int(best_epoch + 1), "valid": valid, "test": test}
+    return learn, valid, test, history, extra
+
+
+def run_recipe(
+    recipe: str | Path | Mapping[str, Any],
+    out_dir: str | Path | None = None,
+    cbs: Sequence[Callback] = (),
+    progress: bool = True,
+) -> RunResult:
+    """Build, fit and evaluate a recipe; write ``out_dir/<name>/`` when ``out_dir`` is given.
+
+    With ``retrain_at_best: true`` the recipe first trains with
+    :class:`~fasttricks.callbacks.SaveBestCallback` on the primary metric (in its direction,
+    :func:`fasttricks.metrics.metric_direction`), then retrains from scratch for
+    ``best_epoch + 1`` epochs (the cheatsheet's save-best vs retrain comparison); the returned
+    result is the retrained run, with the save-best run's numbers in ``extra["save_best"]``.
+
+    The run folder is written by :func:`fasttricks.runs.write_run`: ``recipe.yaml``,
+    ``metrics.csv``, ``model.pth``, ``curves.png`` and ``summary.json``, each atomically.
+
+    Args:
+        recipe: a :class:`~fasttricks.recipes.Recipe` (or a path or mapping, validated once).
+        out_dir: parent folder of the run folder (e.g. ``"runs"``); None or False writes nothing.
+        cbs: extra callbacks for the fit (e.g. a tuner's pruning callback).
+        progress: show fastai's progress bar and epoch table (default True).
+    """
+    recipe = _recipe(recipe)
+    extra: dict[str, Any] = {}
+    if recipe["retrain_at_best"]:
+        learn, valid, test, history, extra = _save_best_then_retrain(recipe, cbs, progress)
+    else:
+        learn = build_learner(recipe)
+        valid, test, history = _fit_and_score(learn, cbs, progress)
+    result = RunResult(learn=learn, valid=valid, test=test, history=history, extra=extra)
+    if out_dir:
+        from fasttricks.runs import write_run
+
+        result.out_dir = write_run(result, Path(out_dir) / recipe["name"])
+    return result
+
+
+def seed_runs(
+    recipe: str | Path | Mapping[str, Any],
+    seeds: Iterable[int],
+    progress: bool = False,
+    run_dir: str | Path | None = None,
+) -> Iterator[tuple[int, RunResult]]:
+    """Train ``recipe`` once per training seed; yield ``(seed, result)`` as each run finishes.
+
+    The one seed loop: each run is ``run_recipe(set_in_recipe(recipe, "seed", s))``; the data
+    split (``data.seed``) stays fixed, so only the training varies. With ``run_dir`` each run
+    is written to ``<run_dir>/seed_<s>/`` (:func:`fasttricks.runs.write_run`).
+
+    Args:
+        recipe: a recipe (validated once).
+        seeds: the training seeds, e.g. ``range(5)`` or a progress bar over them.
+        progress: show each run's progress bar (default False).
+        run_dir: folder of the per-seed run folders (default None: write nothing).
+    """
+    recipe = _recipe(recipe)
+    for seed in seeds:
+        result = run_recipe(set_in_recipe(recipe, "seed", int(seed)), progress=progress)
+        if run_dir is not None:
+            from fasttricks.runs import write_run
+
+            result.out_dir = write_run(result, Path(run_dir) / f"seed_{int(seed)}")
+        yield int(seed), result
+
+
+def run_seeds(
+    recipe: str | Path | Mapping[str, Any],
+    n_seeds: int,
+    out_dir: str | Path | None = "runs",
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    """Run a recipe with seeds ``seed .. seed + n_seeds - 1``; per-seed table and summary.
+
+    The summary holds n / mean / std / stderr / min / max (:func:`fasttricks._stats.summarize`)
+    of the test value of the primary metric and of the test loss. With ``out_dir`` each seed
+    goes to ``<out_dir>/<name>/seed_<s>/`` and the table and summary to ``seeds.csv`` /
+    ``seeds.json`` beside them. Prints one summary line per seed.
+    """
+    from fasttricks._io import atomic_write_csv, write_json
+    from fasttricks._stats import summarize
+    from fasttricks.runs import summary_line
+
+    recipe = _recipe(recipe)
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"n_seeds must be an integer >= 1, got {n_seeds!r}")
+    metric, direction = primary_metric(recipe)
+    key = "loss" if metric == "valid_loss" else metric
+    base = Path(out_dir) / recipe["name"] if out_dir else None
+    seeds = range(recipe["seed"], recipe["seed"] + n_seeds)
+    rows = []
+    for seed, result in seed_runs(recipe, seeds, progress=progress, run_dir=base):
+        print(summary_line(result), flush=True)
+        rows.append({"seed": seed, f"test_{key}": result.test[key],
+                     "test_loss": result.test["loss"], f"valid_{key}": result.valid[key]})
+    table = pd.DataFrame(rows)
+    summary = {"name": recipe["name"], "metric": key, "direction": direction,
+               "test": summarize(table[f"test_{key}"]),
+               "test_loss": summarize(table["test_loss"])}
+    if base is not None:
+        atomic_write_csv(table, base / "seeds.csv")
+        write_json(base / "seeds.json", summary)
+    return table, summary
