@@ -34,17 +34,20 @@ def fingerprint(obj: Any) -> str:
 def to_plain(obj: Any) -> Any:
     """``obj`` with numpy scalars made Python numbers and numpy arrays made tensors, so that
     ``torch.load(weights_only=True)`` reads it back; anything else unknown is a ``TypeError``."""
-    if isinstance(obj, dict):
-        return {k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_plain(v) for v in obj)
     if isinstance(obj, np.generic):  # before float: np.float64 is a float subclass
         return obj.item()
+    if obj is None or isinstance(obj, (torch.Tensor, torch.Size, bool, int, float, str)):
+        return obj
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj)
-    if obj is None or isinstance(obj, (torch.Tensor, bool, int, float, str, torch.Size)):
-        return obj
-    raise TypeError(f"cannot store a {type(obj).__name__} as plain data: {obj!r}")
+    if isinstance(obj, dict):
+        return {to_plain(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, tuple):  # named tuples too become plain tuples
+        return tuple(to_plain(v) for v in obj)
+    raise TypeError(f"cannot store {obj!r} (a {type(obj).__name__}) as plain data; allowed are "
+                    "tensors, numbers, strings, None, and lists, tuples and dicts of them")
 
 
 def safe_load(path: Path, map_location: Any = "cpu") -> Any | None:
