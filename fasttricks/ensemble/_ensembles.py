@@ -16,6 +16,7 @@ import torch
 from fasttricks._io import atomic_torch_save, write_json
 from fasttricks._stats import summarize
 from fasttricks.ensemble._members import (
+    Member,
     MemberRun,
     Plan,
     averaged,
@@ -245,7 +246,7 @@ def seed_ensemble(
             fit_learner(learn, seeded, cbs=list(cbs))
         return member_record(learn, plan.has_test), learn
 
-    def report(m: Any) -> None:
+    def report(m: Member) -> None:
         prefix = f"seed {seeds[m.index]} ({m.index + 1}/{len(seeds)})"
         announce(member_line(prefix, m.record, plan.key, m.resumed), progress)
 
@@ -382,7 +383,7 @@ def snapshot_ensemble(
     trainer = _Cycles(plan, build_learner(plan.recipe, splits=plan.splits), store, names,
                       epochs, cbs, progress)
 
-    def report(m: Any) -> None:
+    def report(m: Member) -> None:
         announce(member_line(f"cycle {m.index + 1}/{cycles}", m.record, plan.key, m.resumed),
                  progress)
 
