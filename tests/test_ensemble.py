@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -245,16 +243,17 @@ def test_snapshot_ensemble_rejects_bad_cycles():
         snapshot_ensemble(tiny_digits(), cycles=0)
 
 
-def test_train_cli_runs_kfold(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
-    cmd = [sys.executable, "-m", "fasttricks.train", str(ROOT / "recipes" / "digits.yaml"),
-           "--kfold", "2", "--out", str(tmp_path), "--no-progress", "--threads", "1",
-           "--set", "schedule.epochs=1", "--set", "model.channels=[8]"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
+def test_train_cli_runs_kfold(tmp_path, capsys):
+    from fasttricks.train import main
+
+    argv = [str(ROOT / "recipes" / "digits.yaml"), "--kfold", "2", "--out", str(tmp_path),
+            "--no-progress", "--threads", "1", "--set", "schedule.epochs=1",
+            "--set", "model.channels=[8]"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
     saved = json.loads((tmp_path / "digits" / "kfold" / "result.json").read_text())
     assert len(saved["folds"]) == 2
-    assert "2-fold" in out.stdout and f"{saved['oof']['accuracy']:.4f}" in out.stdout
+    assert "2-fold" in out and f"{saved['oof']['accuracy']:.4f}" in out
 
 
 def test_train_cli_rejects_a_single_fold_and_kfold_with_seeds(tmp_cwd, capsys):
@@ -302,3 +301,116 @@ def test_grouped_kfold_without_test_keeps_groups_together_and_skips_the_test_spl
     assert result.plot().exists()
     with pytest.raises(ValueError, match="labels and groups must have the same length"):
         kfold_fit(recipe, n_splits=2, groups=groups[:-1], out_dir=tmp_path, progress=False)
+
+
+class PoisonWeights(Callback):
+    """After fit (and after SaveBestCallback reloaded the best weights): every weight NaN."""
+
+    order = 100
+
+    def after_fit(self) -> None:
+        with torch.no_grad():
+            for p in self.learn.model.parameters():
+                p.fill_(float("nan"))
+
+
+def _strict_json(path: Path) -> dict:
+    def refuse(constant: str):
+        raise ValueError(f"{path.name} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_result_json_is_strict_json_with_null_for_a_nan_metric(tmp_path):
+    recipe = tiny_digits(schedule={"fit": "flat_cos", "epochs": 1}, metrics=[])
+    seeds = seed_ensemble(recipe, seeds=[0], out_dir=tmp_path, cbs=[PoisonWeights()],
+                          progress=False)
+    assert np.isnan(seeds.valid["loss"]) and np.isnan(seeds.mean)
+    saved = _strict_json(tmp_path / "tiny_digits" / "seeds" / "result.json")
+    assert saved["valid"]["loss"] is None and saved["test"]["loss"] is None
+    assert saved["members"][0]["valid"]["loss"] is None and saved["mean"] is None
+    assert saved["std"] == 0.0 and saved["metric"] == "loss"
+    assert (tmp_path / "tiny_digits" / "seeds" / "seed.png").exists()
+    folds = kfold_fit(recipe, n_splits=2, out_dir=tmp_path, cbs=[PoisonWeights()],
+                      progress=False)
+    assert np.isnan(folds.oof["loss"])
+    saved = _strict_json(tmp_path / "tiny_digits" / "kfold" / "result.json")
+    assert saved["oof"]["loss"] is None and saved["test"]["loss"] is None
+    assert [f["valid"]["loss"] for f in saved["folds"]] == [None, None]
+    assert all(f["best_value"] is not None for f in saved["folds"])  # training itself was fine
+
+
+class RecordEpochs(Callback):
+    """The recorder's per-epoch values of every fit, by name."""
+
+    order = 100
+
+    def __init__(self) -> None:
+        self.fits: list[dict[str, list[float]]] = []
+
+    def after_fit(self) -> None:
+        rec = self.learn.recorder
+        names = list(rec.metric_names[1:-1])  # without "epoch" and "time"
+        self.fits.append({n: [float(v[j]) for v in rec.values] for j, n in enumerate(names)})
+
+
+def test_kfold_on_error_rate_keeps_the_epoch_with_the_lowest_error(tmp_path):
+    recipe = tiny_digits(schedule={"fit": "flat_cos", "epochs": 3}, metrics=["error_rate"],
+                         optimizer={"name": "adamw", "lr": 3e-3})
+    epochs = RecordEpochs()
+    result = kfold_fit(recipe, n_splits=2, test=False, out_dir=tmp_path, cbs=[epochs],
+                       progress=False)
+    assert result.direction == "minimize" and result.metric == "error_rate"
+    assert len(epochs.fits) == 2
+    for fold, fit in zip(result.folds, epochs.fits):
+        errors = fit["error_rate"]
+        assert len(set(errors)) > 1, f"every epoch had the same error {errors}: nothing to pick"
+        assert fold.best_epoch == int(np.argmin(errors))
+        assert fold.best_value == pytest.approx(min(errors))
+        assert fold.valid["error_rate"] == pytest.approx(min(errors))
+    saved = json.loads((tmp_path / "tiny_digits" / "kfold" / "result.json").read_text())
+    assert saved["direction"] == "minimize"
+    ens = seed_ensemble(recipe, seeds=[0], test=False, out_dir=tmp_path, progress=False)
+    assert ens.direction == "minimize"
+
+
+class _Payload:
+    """Pickles to ``os.mkdir(marker)``: unpickling it fully runs that call."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_planted_pickles_in_a_run_folder_are_refused_and_never_run(tmp_path):
+    recipe = tiny_digits(schedule={"fit": "one_cycle", "epochs": 1})
+    out = tmp_path / "runs"
+    sdir = out / "tiny_digits" / "snapshots"
+    marker = tmp_path / "payload_ran"
+    probe = tmp_path / "probe.pth"
+    torch.save(_Payload(marker), probe)
+    torch.load(probe, weights_only=False)  # the payload works when fully unpickled
+    assert marker.is_dir()
+    marker.rmdir()
+    with pytest.raises(ValueError, match="allow_pickle=False refuses"):
+        load_ensemble_member(probe, allow_pickle=False)
+    assert not marker.exists()
+
+    snapshot_ensemble(recipe, cycles=1, out_dir=out, progress=False)
+    torch.save(_Payload(marker), sdir / "resume.pth")  # planted optimizer state
+    counter = CountFits()
+    result = snapshot_ensemble(recipe, cycles=2, out_dir=out, cbs=[counter], progress=False)
+    assert not marker.exists()
+    # without a readable resume state nothing is continued: both cycles are trained afresh
+    assert counter.fits == 2 and [m.resumed for m in result.members] == [False, False]
+    assert counter.had_optimizer_state == [False, True]
+    state = torch.load(sdir / "resume.pth", weights_only=True)
+    assert state["cycle"] == 1 and set(state) >= {"model", "opt"}
+
+    torch.save(_Payload(marker), sdir / "cycle_0.pt")  # planted member record
+    again = CountFits()
+    result = snapshot_ensemble(recipe, cycles=2, out_dir=out, cbs=[again], progress=False)
+    assert not marker.exists()
+    assert again.fits == 2 and [m.resumed for m in result.members] == [False, False]

@@ -110,6 +110,11 @@ def test_predict_ensemble_averages_the_saved_models_softmax_outputs(tmp_path):
     assert all(torch.equal(p, q) for p, q in zip(before, template.parameters()))
     with pytest.raises(ValueError, match="state dict"):
         predict_ensemble(sd_paths, dls)
+    # state dicts need no unpickling: allow_pickle=False reads them, and refuses whole modules
+    got_safe = predict_ensemble(sd_paths, dls, model=template, allow_pickle=False)
+    torch.testing.assert_close(got_safe, want)
+    with pytest.raises(ValueError, match="allow_pickle=False refuses"):
+        predict_ensemble(paths, dls, allow_pickle=False)
 
 
 def test_predict_ensemble_with_a_torch_loader_and_sigmoid(tmp_path):
