@@ -1,5 +1,5 @@
 """Data helpers for training: oversampling and weighted sampling of the training set, and k-fold
-splits for cross-validation.
+splits for cross-validation, and one stratified train/valid(/test) split.
 
 `class_weights` lives in `fasttricks.losses` and is re-exported here for convenience.
 """
@@ -7,6 +7,7 @@ splits for cross-validation.
 from __future__ import annotations
 
 from fasttricks.data.folds import kfold_splits
+from fasttricks.data.splits import stratified_split
 from fasttricks.data.sampling import (
     WeightedSampler,
     item_weights,
@@ -23,5 +24,6 @@ __all__ = [
     "kfold_splits",
     "oversample",
     "oversample_indices",
+    "stratified_split",
     "weighted_dataloaders",
 ]
