@@ -534,6 +534,20 @@ def test_bfloat16_autocast_on_cpu_matches_float32(loss):
     assert abs(amp_loss.item() - reference.item()) <= 1e-3 * max(1.0, abs(reference.item()))
 
 
+def test_multilabel_focal_on_probabilities_under_bfloat16_autocast_computes_in_float32():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, N_CLASSES), torch.nn.Sigmoid())
+    x = torch.randn(64, 8)
+    targets = (torch.rand(64, N_CLASSES) < 0.3).float()
+    loss = MultiLabelFocalLoss(alpha=1, gamma=2, logits=False, label_smoothing=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probs = model(x)
+        amp_loss = loss(probs, targets)
+    assert amp_loss.dtype == torch.float32
+    reference = soft_binary_focal_ref(probs.detach().double(), targets, 2.0, eps=0.1, probs=True)
+    assert abs(amp_loss.item() - reference) <= 1e-5 * max(1.0, abs(reference))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("loss", _all_losses(), ids=lambda l: type(l).__name__)
 def test_float16_autocast_on_cuda_matches_float32(loss):
