@@ -2,9 +2,11 @@
 
 Every loss here
 
-* takes raw logits (never probabilities) and computes in float32 even under
-  `torch.autocast`, in log-softmax / log-sigmoid form, so logits of +-100 give a finite loss
-  and finite gradients;
+* takes raw logits (`MultiLabelFocalLoss` also takes probabilities with ``logits=False``)
+  and computes in float32 even under `torch.autocast`, in log-softmax / log-sigmoid form, so
+  logits of +-100 give a finite loss and finite gradients;
+* the binary losses (BCE, multi-label focal, ASL) take ``label_smoothing=eps``, which pulls
+  every target toward 0.5: ``y * (1 - eps) + eps / 2``;
 * flattens like fastai's ``*Flat`` losses: the class axis (``axis``, default last) is moved
   last and leading dimensions are merged, so segmentation-shaped outputs work too;
 * has a switchable ``reduction`` attribute (``"mean"``, ``"sum"`` or ``"none"``), which is
@@ -225,9 +227,27 @@ class _MultiLabelLoss(_FlatLoss):
     y_int = False
     multilabel = True
 
-    def __init__(self, *, thresh: float = 0.5, reduction: str = "mean", axis: int = -1) -> None:
+    def __init__(
+        self,
+        *,
+        thresh: float = 0.5,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+        axis: int = -1,
+    ) -> None:
         super().__init__(reduction=reduction, axis=axis)
         self.thresh = _check_thresh(thresh)
+        self.label_smoothing = _check_smoothing(label_smoothing)
+
+    def _smooth(self, targ: Tensor) -> Tensor:
+        """Binary label smoothing: ``y * (1 - eps) + eps / 2`` pulls every target toward 0.5.
+
+        Szegedy et al. 2016 ("Rethinking the Inception Architecture", Sec. 7) mix the one-hot
+        target with the uniform distribution over the ``K`` classes; each binary label here is
+        a two-class problem, so ``K = 2``: positives become ``1 - eps/2``, negatives ``eps/2``.
+        """
+        eps = self.label_smoothing
+        return targ if eps == 0 else targ * (1.0 - eps) + eps / 2
 
     def activation(self, x: Tensor) -> Tensor:
         """Sigmoid of each logit (what `get_preds` returns)."""
@@ -238,7 +258,10 @@ class _MultiLabelLoss(_FlatLoss):
         return x > (self.thresh if thresh is None else _check_thresh(thresh))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, thresh={self.thresh}"
+        return (
+            f"{super().extra_repr()}, thresh={self.thresh}, "
+            f"label_smoothing={self.label_smoothing}"
+        )
 
 
 def _check_thresh(thresh: float) -> float:
@@ -338,6 +361,20 @@ def weighted_cross_entropy(
     )
 
 
+#: How a focal loss reads ``alpha`` (see `MultiLabelFocalLoss` for both, side by side).
+ALPHA_MODES = ("balance", "scale")
+
+
+def _check_alpha_mode(value: str) -> str:
+    return check_choice("alpha_mode", value, ALPHA_MODES)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool
+    )
+
+
 class FocalLoss(_SingleLabelLoss):
     """Multi-class focal loss (Lin et al. 2017, https://arxiv.org/abs/1708.02002).
 
@@ -346,6 +383,12 @@ class FocalLoss(_SingleLabelLoss):
     cross-entropy. ``alpha`` is None (no weighting), a float (one factor for every class) or a
     per-class vector (``alpha_t = alpha[target]``, e.g. `class_weights`).
 
+    ``alpha_mode`` takes the same two names as `MultiLabelFocalLoss`: ``"scale"`` (the
+    cheatsheet's scalar factor, the default here) and ``"balance"`` (Lin et al.'s weight
+    ``alpha_t`` of the target, the "positive", against ``1 - alpha`` for negatives). The
+    softmax loss has only the target's term, so there are no negative terms to weight and both
+    modes give the same loss; ``alpha=1`` or None is unweighted either way.
+
     ``"mean"`` averages over items, as Lin et al. normalise by a count, not by the sum of the
     weights; so with a per-class ``alpha`` and ``gamma=0`` this equals
     ``nn.CrossEntropyLoss(weight=alpha)`` for ``"none"`` and ``"sum"`` but not for ``"mean"``.
@@ -353,6 +396,7 @@ class FocalLoss(_SingleLabelLoss):
     Args:
         gamma: focusing parameter, >= 0 (default 2, the paper's choice).
         alpha: None, a positive float, or a per-class weight vector.
+        alpha_mode: ``"scale"`` (default) or ``"balance"``; the same loss here (see above).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         axis: the class axis of the logits (default -1).
     """
@@ -362,11 +406,13 @@ class FocalLoss(_SingleLabelLoss):
         gamma: float = 2.0,
         alpha: float | WeightLike | None = None,
         *,
+        alpha_mode: str = "scale",
         reduction: str = "mean",
         axis: int = -1,
     ) -> None:
         super().__init__(reduction=reduction, axis=axis)
         self.gamma = _check_gamma("gamma", gamma)
+        self.alpha_mode = _check_alpha_mode(alpha_mode)
         if alpha is None or isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
             if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
                 raise ValueError(f"alpha must be a positive number, got {alpha!r}")
@@ -390,7 +436,10 @@ class FocalLoss(_SingleLabelLoss):
 
     def extra_repr(self) -> str:
         alpha = self.alpha_scale if self.alpha is None else "per-class"
-        return f"gamma={self.gamma}, alpha={alpha}, {super().extra_repr()}"
+        return (
+            f"gamma={self.gamma}, alpha={alpha}, alpha_mode={self.alpha_mode!r}, "
+            f"{super().extra_repr()}"
+        )
 
 
 class AsymmetricLossSingleLabel(_SingleLabelLoss):
@@ -463,11 +512,13 @@ class BCEWithLogitsLoss(_MultiLabelLoss):
 
     The same value as `torch.nn.BCEWithLogitsLoss` (per-class ``weight`` and ``pos_weight``
     included), with fastai's flattening, sigmoid ``activation``, threshold ``decodes``,
-    float32 compute under autocast and a validated, switchable ``reduction``.
+    float32 compute under autocast and a validated, switchable ``reduction``. With
+    ``label_smoothing=eps`` the targets are ``y * (1 - eps) + eps / 2`` (see `_smooth`).
 
     Args:
         weight: per-class rescaling of every term, or None.
         pos_weight: per-class weight of the positive terms (torch's ``pos_weight``), or None.
+        label_smoothing: eps in [0, 1) pulling targets toward 0.5 (default 0).
         thresh: probability above which `decodes` predicts a label (default 0.5).
         reduction: ``"mean"`` over all item-class pairs (default), ``"sum"`` or ``"none"``.
         axis: the class axis of the logits (default -1).
@@ -478,11 +529,14 @@ class BCEWithLogitsLoss(_MultiLabelLoss):
         weight: WeightLike | None = None,
         pos_weight: WeightLike | None = None,
         *,
+        label_smoothing: float = 0.0,
         thresh: float = 0.5,
         reduction: str = "mean",
         axis: int = -1,
     ) -> None:
-        super().__init__(thresh=thresh, reduction=reduction, axis=axis)
+        super().__init__(
+            thresh=thresh, label_smoothing=label_smoothing, reduction=reduction, axis=axis
+        )
         self.register_buffer("weight", _as_weight_tensor("weight", weight))
         self.register_buffer("pos_weight", _as_weight_tensor("pos_weight", pos_weight))
 
@@ -491,7 +545,7 @@ class BCEWithLogitsLoss(_MultiLabelLoss):
         _check_classes("pos_weight", self.pos_weight, inp.shape[-1])
         return F.binary_cross_entropy_with_logits(
             inp,
-            targ,
+            self._smooth(targ),
             weight=None if self.weight is None else self.weight.to(inp.dtype),
             pos_weight=None if self.pos_weight is None else self.pos_weight.to(inp.dtype),
             reduction=self.reduction,
@@ -499,67 +553,154 @@ class BCEWithLogitsLoss(_MultiLabelLoss):
 
 
 class MultiLabelFocalLoss(_MultiLabelLoss):
-    """Binary focal loss on logits for multi-label targets (Lin et al. 2017).
+    """Binary focal loss for multi-label targets (Lin et al. 2017), on logits or probabilities.
 
-    For each item-class pair with ``p = sigmoid(logit)``, ``p_t = p`` for a positive label
-    and ``1 - p`` for a negative one::
+    "Focal Loss for Dense Object Detection", https://arxiv.org/abs/1708.02002. For each
+    item-class pair with ``p = sigmoid(logit)`` (or ``p`` itself with ``logits=False``) and
+    target ``y``::
 
-        FL = -alpha_t * (1 - p_t) ** gamma * log(p_t)
+        FL = -(y * a_pos * (1 - p) ** gamma * log(p) + (1 - y) * a_neg * p ** gamma * log(1 - p))
 
-    with ``alpha_t = alpha`` for positives and ``1 - alpha`` for negatives (Lin et al.'s
-    alpha-balancing), or ``alpha_t = 1`` when ``alpha=None``.
+    which for a hard target is Lin et al.'s ``-alpha_t * (1 - p_t) ** gamma * log(p_t)``, and
+    stays linear in ``y`` for soft targets (label smoothing, MixUp). ``gamma`` down-weights easy
+    pairs; ``gamma=0`` with no weighting is plain binary cross-entropy.
 
-    * ``alpha=None, gamma=1`` is the plain, unweighted form the cheatsheet calls
-      "alpha=1, gamma=1" (a scalar factor of 1); ``alpha=None, gamma=0`` is plain BCE.
-    * ``alpha=0.25, gamma=2`` (the defaults) is the paper's best weighted setting.
+    The two conventions for ``alpha``, side by side:
 
-    ``alpha`` must lie strictly between 0 and 1: ``alpha=1`` in Lin et al.'s form would give
-    every negative label zero weight, so it is refused with a pointer to ``alpha=None``.
+    ==================  ======================================  =============================
+    ``alpha_mode``      ``a_pos`` / ``a_neg``                   where it comes from
+    ==================  ======================================  =============================
+    ``"balance"``       ``alpha`` / ``1 - alpha``, alpha in     Lin et al.'s alpha-balancing
+    (default)           (0, 1); the paper's best: 0.25          (Sec. 3.1); default 0.25
+    ``"scale"``         ``alpha`` / ``alpha``, alpha > 0        the cheatsheet's scalar
+                                                                factor ("alpha, gamma = 1, 1
+                                                                for non weighted")
+    ==================  ======================================  =============================
+
+    ``alpha=1`` or ``alpha=None`` is the unweighted loss in both modes: the cheatsheet's
+    ``MultiLabelFocalLoss(alpha=1, gamma=2)`` works as written. (Read literally as Lin et al.'s
+    balance, ``alpha=1`` would give every negative label weight 0, which is never wanted.)
+    ``alpha`` may also be a per-class vector: in ``"balance"`` mode entries in (0, 1) (class
+    ``c``'s positives get ``alpha[c]``, its negatives ``1 - alpha[c]``); in ``"scale"`` mode
+    entries >= 0 weight every term of class ``c``. `FocalLoss` takes the same ``alpha`` and
+    ``alpha_mode``.
+
+    With ``logits=False`` the inputs are probabilities in [0, 1] (checked; a value outside is a
+    ``ValueError``); ``log(p)`` and ``log(1 - p)`` are clamped at -100 as in
+    `torch.nn.BCELoss`, so ``p = 0`` or ``1`` gives a finite loss, and `activation` is the
+    identity so ``get_preds`` returns the model's probabilities unchanged.
 
     Args:
         gamma: focusing parameter, >= 0 (default 2).
-        alpha: weight of positive labels in (0, 1), or None (default 0.25).
+        alpha: None, a float or a per-class vector, read as ``alpha_mode`` says (default 0.25).
+        alpha_mode: ``"balance"`` (default) or ``"scale"``, see the table.
+        logits: whether the inputs are logits (default True) or probabilities (False).
+        label_smoothing: eps in [0, 1): targets become ``y * (1 - eps) + eps / 2`` (default 0).
         thresh: probability above which `decodes` predicts a label (default 0.5).
         reduction: ``"mean"`` over all item-class pairs (default), ``"sum"`` or ``"none"``.
-        axis: the class axis of the logits (default -1).
+        axis: the class axis of the inputs (default -1).
     """
 
     def __init__(
         self,
         gamma: float = 2.0,
-        alpha: float | None = 0.25,
+        alpha: float | WeightLike | None = 0.25,
         *,
+        alpha_mode: str = "balance",
+        logits: bool = True,
+        label_smoothing: float = 0.0,
         thresh: float = 0.5,
         reduction: str = "mean",
         axis: int = -1,
     ) -> None:
-        super().__init__(thresh=thresh, reduction=reduction, axis=axis)
+        super().__init__(
+            thresh=thresh, label_smoothing=label_smoothing, reduction=reduction, axis=axis
+        )
         self.gamma = _check_gamma("gamma", gamma)
-        if alpha is not None:
-            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-                raise TypeError(f"alpha must be a float in (0, 1) or None, got {alpha!r}")
-            if not 0.0 < float(alpha) < 1.0:
+        self.alpha_mode = _check_alpha_mode(alpha_mode)
+        if not isinstance(logits, bool):
+            raise TypeError(f"logits must be True or False, got {logits!r}")
+        self.logits = logits
+        self.alpha_scale: float | None = None
+        vector = None
+        if alpha is None or _is_number(alpha):
+            if alpha is not None and float(alpha) != 1.0:
+                self.alpha_scale = self._check_scalar_alpha(float(alpha))
+        else:
+            vector = _as_weight_tensor("alpha", alpha)
+            if self.alpha_mode == "balance" and not ((vector > 0) & (vector < 1)).all():
                 raise ValueError(
-                    f"alpha must be in (0, 1) (positives get alpha, negatives 1 - alpha), got "
-                    f"{alpha!r}; for the unweighted loss (the cheatsheet's alpha=1) pass "
-                    "alpha=None"
+                    "a per-class alpha with alpha_mode='balance' must lie in (0, 1) (class c's "
+                    f"positives get alpha[c], its negatives 1 - alpha[c]), got "
+                    f"{vector.tolist()[:20]}; pass alpha_mode='scale' for per-class factors"
                 )
-            alpha = float(alpha)
-        self.alpha = alpha
+        self.register_buffer("alpha", vector)
+
+    def _check_scalar_alpha(self, alpha: float) -> float:
+        if self.alpha_mode == "scale":
+            if not (math.isfinite(alpha) and alpha > 0):
+                raise ValueError(
+                    f"alpha must be a positive number with alpha_mode='scale', got {alpha!r}"
+                )
+        elif not 0.0 < alpha < 1.0:
+            raise ValueError(
+                f"alpha must be in (0, 1] with alpha_mode='balance' (Lin et al.: positives get "
+                f"alpha, negatives 1 - alpha; alpha=1 or None is unweighted), got {alpha!r}; for "
+                "a scalar factor on every term pass alpha_mode='scale'"
+            )
+        return alpha
+
+    def activation(self, x: Tensor) -> Tensor:
+        """Sigmoid of each logit, or the probabilities unchanged with ``logits=False``."""
+        return torch.sigmoid(x) if self.logits else x
+
+    def _log_probs(self, inp: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``log p, log(1 - p), p, 1 - p`` computed stably from logits or probabilities."""
+        if self.logits:
+            # log-sigmoid form: finite for any logit; sigmoid(-x) keeps 1 - p exact for large x
+            return F.logsigmoid(inp), F.logsigmoid(-inp), torch.sigmoid(inp), torch.sigmoid(-inp)
+        if inp.numel() and not ((inp >= 0) & (inp <= 1)).all():
+            finite = inp[torch.isfinite(inp)]
+            span = (
+                f"[{finite.min().item():.4g}, {finite.max().item():.4g}]" if finite.numel()
+                else "non-finite values only"
+            )
+            raise ValueError(
+                f"logits=False expects probabilities in [0, 1], got values in {span}"
+                f"{' and NaN/inf' if finite.numel() < inp.numel() else ''}; pass logits=True "
+                "for raw scores"
+            )
+        # clamped at -100 like torch.nn.BCELoss, so p = 0 or 1 gives a finite loss; clamping the
+        # input at `tiny` first keeps the gradient finite there (no 0 * inf in the backward)
+        tiny = torch.finfo(inp.dtype).tiny
+        one_minus_p = 1.0 - inp
+        log_p = torch.log(inp.clamp_min(tiny)).clamp_min(-100.0)
+        log_1mp = torch.log(one_minus_p.clamp_min(tiny)).clamp_min(-100.0)
+        return log_p, log_1mp, inp, one_minus_p
 
     def _loss(self, inp: Tensor, targ: Tensor) -> Tensor:
-        # log(p) and log(1 - p) in log-sigmoid form: finite for any logit
-        bce = -(targ * F.logsigmoid(inp) + (1.0 - targ) * F.logsigmoid(-inp))
-        loss = bce
+        _check_classes("alpha", self.alpha, inp.shape[-1])
+        targ = self._smooth(targ)
+        log_p, log_1mp, p, one_minus_p = self._log_probs(inp)
         if self.gamma > 0:
-            one_minus_pt = targ * torch.sigmoid(-inp) + (1.0 - targ) * torch.sigmoid(inp)
-            loss = loss * _modulating_factor(one_minus_pt, self.gamma)
-        if self.alpha is not None:
-            loss = loss * (targ * self.alpha + (1.0 - targ) * (1.0 - self.alpha))
+            log_p = log_p * _modulating_factor(one_minus_p, self.gamma)
+            log_1mp = log_1mp * _modulating_factor(p, self.gamma)
+        pos, neg = targ * log_p, (1.0 - targ) * log_1mp
+        alpha = self.alpha.to(inp.dtype) if self.alpha is not None else self.alpha_scale
+        if alpha is None:
+            loss = -(pos + neg)
+        elif self.alpha_mode == "balance":
+            loss = -(alpha * pos + (1.0 - alpha) * neg)
+        else:
+            loss = -alpha * (pos + neg)
         return _reduce(loss, self.reduction)
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, alpha={self.alpha}, {super().extra_repr()}"
+        alpha = self.alpha_scale if self.alpha is None else "per-class"
+        return (
+            f"gamma={self.gamma}, alpha={alpha}, alpha_mode={self.alpha_mode!r}, "
+            f"logits={self.logits}, {super().extra_repr()}"
+        )
 
 
 class AsymmetricLoss(_MultiLabelLoss):
@@ -574,7 +715,8 @@ class AsymmetricLoss(_MultiLabelLoss):
 
     Asymmetric focusing (``gamma_neg > gamma_pos``) down-weights the many easy negatives;
     probability shifting (``clip``) discards very easy negatives entirely (``p < clip`` gives
-    zero loss) and lowers the weight of possibly mislabelled ones.
+    zero loss) and lowers the weight of possibly mislabelled ones. With
+    ``label_smoothing=eps``, ``y`` is ``y * (1 - eps) + eps / 2`` in the last line.
 
     Defaults are the paper's recommended setting: ``gamma_neg=4``, ``gamma_pos=0`` (the paper
     keeps positives at plain cross-entropy so their gradients are not down-weighted; the
@@ -589,6 +731,7 @@ class AsymmetricLoss(_MultiLabelLoss):
         gamma_neg: focusing of negative labels, >= 0 (default 4).
         gamma_pos: focusing of positive labels, >= 0 (default 0).
         clip: probability margin ``m`` for negatives, in [0, 1) (default 0.05).
+        label_smoothing: eps in [0, 1) pulling targets toward 0.5 (default 0).
         thresh: probability above which `decodes` predicts a label (default 0.5).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
         axis: the class axis of the logits (default -1).
@@ -600,16 +743,20 @@ class AsymmetricLoss(_MultiLabelLoss):
         gamma_pos: float = 0.0,
         clip: float = 0.05,
         *,
+        label_smoothing: float = 0.0,
         thresh: float = 0.5,
         reduction: str = "mean",
         axis: int = -1,
     ) -> None:
-        super().__init__(thresh=thresh, reduction=reduction, axis=axis)
+        super().__init__(
+            thresh=thresh, label_smoothing=label_smoothing, reduction=reduction, axis=axis
+        )
         self.gamma_neg = _check_gamma("gamma_neg", gamma_neg)
         self.gamma_pos = _check_gamma("gamma_pos", gamma_pos)
         self.clip = float(check_range("clip", clip, 0.0, 1.0, high_inclusive=False))
 
     def _loss(self, inp: Tensor, targ: Tensor) -> Tensor:
+        targ = self._smooth(targ)
         loss_pos = F.logsigmoid(inp)
         if self.gamma_pos > 0:
             loss_pos = loss_pos * _modulating_factor(torch.sigmoid(-inp), self.gamma_pos)

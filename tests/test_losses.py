@@ -149,9 +149,175 @@ def test_multilabel_focal_with_gamma_zero_and_no_alpha_is_bce():
         _close(ours, F.binary_cross_entropy_with_logits(logits, targets, reduction=reduction))
 
 
-def test_multilabel_focal_refuses_alpha_one_and_points_to_none():
-    with pytest.raises(ValueError, match="alpha=None"):
-        MultiLabelFocalLoss(alpha=1.0)
+def test_multilabel_focal_accepts_the_cheatsheets_unweighted_alpha_one():
+    logits, targets = _multi()
+    for mode in ("balance", "scale"):
+        loss = MultiLabelFocalLoss(alpha=1, gamma=2, alpha_mode=mode, reduction="none")
+        _close(loss(logits, targets), binary_focal_ref(logits, targets, 2.0, None, "none"))
+
+
+def soft_binary_focal_ref(logits, targets, gamma, a_pos=1.0, a_neg=1.0, eps=0.0,
+                          probs=False, reduction="mean"):
+    """Focal loss linear in the (smoothed) target: y' = y (1 - eps) + eps / 2."""
+    out = []
+    for row, trow in zip(logits.tolist(), targets.tolist()):
+        for x, y in zip(row, trow):
+            p = x if probs else _sigmoid(x)
+            ys = y * (1 - eps) + eps / 2
+            log_p = max(math.log(p), -100.0) if p > 0 else -100.0
+            log_q = max(math.log(1 - p), -100.0) if p < 1 else -100.0
+            out.append(-(ys * a_pos * (1 - p) ** gamma * log_p
+                         + (1 - ys) * a_neg * p**gamma * log_q))
+    return _reduce_ref(np.reshape(out, logits.shape), reduction)
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.6, 3.0])
+def test_multilabel_focal_alpha_modes_are_lin_balance_and_scalar_factor(alpha):
+    logits, targets = _multi()
+    scale = MultiLabelFocalLoss(gamma=2.0, alpha=alpha, alpha_mode="scale", reduction="none")
+    _close(scale(logits, targets),
+           soft_binary_focal_ref(logits, targets, 2.0, alpha, alpha, reduction="none"))
+    if alpha < 1:
+        balance = MultiLabelFocalLoss(gamma=2.0, alpha=alpha, reduction="none")
+        _close(balance(logits, targets),
+               soft_binary_focal_ref(logits, targets, 2.0, alpha, 1 - alpha, reduction="none"))
+    else:
+        with pytest.raises(ValueError, match=r"alpha_mode='scale'.*|.*alpha_mode='scale'"):
+            MultiLabelFocalLoss(alpha=alpha)
+
+
+def test_multilabel_focal_per_class_alpha_in_both_modes():
+    logits, targets = _multi(c=3)
+    alpha = [0.2, 0.5, 0.9]
+    out = MultiLabelFocalLoss(gamma=1.0, alpha=alpha, reduction="none")(logits, targets)
+    out_scale = MultiLabelFocalLoss(gamma=1.0, alpha=[2.0, 0.0, 1.0], alpha_mode="scale",
+                                    reduction="none")(logits, targets)
+    for c in range(3):
+        ref = soft_binary_focal_ref(logits[:, c:c + 1], targets[:, c:c + 1], 1.0, alpha[c],
+                                    1 - alpha[c], reduction="none")
+        _close(out[:, c:c + 1], ref)
+        factor = [2.0, 0.0, 1.0][c]
+        ref = soft_binary_focal_ref(logits[:, c:c + 1], targets[:, c:c + 1], 1.0, factor,
+                                    factor, reduction="none")
+        _close(out_scale[:, c:c + 1], ref)
+    with pytest.raises(ValueError, match=r"\(0, 1\).*alpha_mode='scale'"):
+        MultiLabelFocalLoss(alpha=[0.5, 1.5])
+
+
+def test_focal_loss_takes_the_same_alpha_mode_names():
+    logits, targets = _single()
+    scale = FocalLoss(gamma=2.0, alpha=0.25, alpha_mode="scale")(logits, targets)
+    balance = FocalLoss(gamma=2.0, alpha=0.25, alpha_mode="balance")(logits, targets)
+    _close(scale, focal_ref(logits, targets, 2.0, 0.25))
+    _close(balance, scale.numpy())
+    _close(FocalLoss(alpha=1.0)(logits, targets), focal_ref(logits, targets, 2.0, None))
+    with pytest.raises(ValueError, match="'scal'.*Did you mean 'scale'"):
+        FocalLoss(alpha_mode="scal")
+    with pytest.raises(ValueError, match="alpha_mode"):
+        MultiLabelFocalLoss(alpha_mode="lin")
+
+
+@pytest.mark.parametrize("gamma,alpha", [(0.0, None), (2.0, 0.25), (1.0, 1)])
+def test_multilabel_focal_on_probabilities_matches_logits_and_formula(gamma, alpha):
+    logits, targets = _multi()
+    probs = torch.sigmoid(logits)
+    on_probs = MultiLabelFocalLoss(gamma=gamma, alpha=alpha, logits=False, reduction="none")
+    on_logits = MultiLabelFocalLoss(gamma=gamma, alpha=alpha, reduction="none")
+    _close(on_probs(probs, targets), on_logits(logits, targets).detach().numpy(), tol=1e-9)
+    a = 1.0 if alpha in (None, 1) else alpha
+    b = 1.0 if alpha in (None, 1) else 1 - alpha
+    _close(on_probs(probs, targets),
+           soft_binary_focal_ref(probs, targets, gamma, a, b, probs=True, reduction="none"))
+    if gamma == 0.0:  # plain BCE on probabilities: torch's BCELoss
+        _close(on_probs(probs, targets), F.binary_cross_entropy(probs, targets, reduction="none"))
+
+
+def test_multilabel_focal_on_probabilities_is_finite_at_zero_and_one():
+    probs = torch.tensor([[0.0, 1.0, 0.0, 1.0]], dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([[0.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    loss = MultiLabelFocalLoss(gamma=0.0, alpha=None, logits=False, reduction="none")
+    out = loss(probs, targets)
+    _close(out, np.array([[0.0, 0.0, 100.0, 100.0]]))
+    _close(out, F.binary_cross_entropy(probs, targets, reduction="none").detach().numpy())
+    out.sum().backward()
+    assert torch.isfinite(probs.grad).all()
+    assert torch.equal(loss.activation(probs.detach()), probs.detach())  # no second sigmoid
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([[0.5, 1.2]]), torch.tensor([[-0.1, 0.5]]),
+                                 torch.tensor([[float("nan"), 0.5]])])
+def test_multilabel_focal_on_probabilities_checks_the_range(bad):
+    loss = MultiLabelFocalLoss(logits=False)
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*logits=True"):
+        loss(bad, torch.zeros_like(bad))
+    with pytest.raises(TypeError, match="logits must be True or False"):
+        MultiLabelFocalLoss(logits="yes")
+
+
+# ---- binary label smoothing ------------------------------------------------------------------
+
+
+def _smoothed(targets, eps):
+    return [[y * (1 - eps) + eps / 2 for y in row] for row in targets.tolist()]
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.3])
+def test_bce_label_smoothing_pulls_targets_toward_half(eps):
+    logits, targets = _multi()
+    pos_weight = [2.0, 1.0, 0.5, 1.0, 3.0]
+    loss = BCEWithLogitsLoss(pos_weight=pos_weight, label_smoothing=eps, reduction="none")
+    expected = []
+    for row, srow in zip(logits.tolist(), _smoothed(targets, eps)):
+        expected.append([
+            -(ys * pw * math.log(_sigmoid(x)) + (1 - ys) * math.log(1 - _sigmoid(x)))
+            for x, ys, pw in zip(row, srow, pos_weight)
+        ])
+    _close(loss(logits, targets), np.array(expected))
+    # positives become 1 - eps/2 and negatives eps/2
+    assert math.isclose(_smoothed(torch.tensor([[1.0, 0.0]]), eps)[0][0], 1 - eps / 2)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.2])
+@pytest.mark.parametrize("alpha,mode", [(None, "balance"), (0.25, "balance"), (2.0, "scale")])
+def test_multilabel_focal_label_smoothing_matches_formula(eps, alpha, mode):
+    logits, targets = _multi()
+    loss = MultiLabelFocalLoss(gamma=2.0, alpha=alpha, alpha_mode=mode, label_smoothing=eps,
+                               reduction="none")
+    a_pos = 1.0 if alpha is None else alpha
+    a_neg = 1.0 if alpha is None else (1 - alpha if mode == "balance" else alpha)
+    expected = []
+    for row, srow in zip(logits.tolist(), _smoothed(targets, eps)):
+        expected.append([
+            -(ys * a_pos * (1 - _sigmoid(x)) ** 2 * math.log(_sigmoid(x))
+              + (1 - ys) * a_neg * _sigmoid(x) ** 2 * math.log(1 - _sigmoid(x)))
+            for x, ys in zip(row, srow)
+        ])
+    _close(loss(logits, targets), np.array(expected))
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.2])
+def test_asymmetric_loss_label_smoothing_matches_formula(eps):
+    logits, targets = _multi()
+    gamma_neg, gamma_pos, clip = 4.0, 1.0, 0.05
+    loss = AsymmetricLoss(gamma_neg, gamma_pos, clip, label_smoothing=eps, reduction="none")
+    expected = []
+    for row, srow in zip(logits.tolist(), _smoothed(targets, eps)):
+        values = []
+        for x, ys in zip(row, srow):
+            p = _sigmoid(x)
+            pm = max(p - clip, 0.0)
+            values.append(-(ys * (1 - p) ** gamma_pos * math.log(p)
+                            + (1 - ys) * pm**gamma_neg * math.log(1 - pm)))
+        expected.append(values)
+    _close(loss(logits, targets), np.array(expected))
+
+
+def test_label_smoothing_is_validated_on_binary_losses():
+    for cls in (BCEWithLogitsLoss, MultiLabelFocalLoss, AsymmetricLoss):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            cls(label_smoothing=1.0)
+        with pytest.raises(ValueError, match="label_smoothing"):
+            cls(label_smoothing=-0.1)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -248,6 +414,10 @@ def _all_losses():
         AsymmetricLoss(),
         AsymmetricLoss(gamma_pos=0.5, gamma_neg=0.5),
         FocalLoss(gamma=0.5),
+        MultiLabelFocalLoss(alpha=1, gamma=2),
+        MultiLabelFocalLoss(alpha=2.0, alpha_mode="scale", label_smoothing=0.1),
+        BCEWithLogitsLoss(label_smoothing=0.1),
+        AsymmetricLoss(label_smoothing=0.1),
     ]
 
 
@@ -364,6 +534,20 @@ def test_bfloat16_autocast_on_cpu_matches_float32(loss):
     assert abs(amp_loss.item() - reference.item()) <= 1e-3 * max(1.0, abs(reference.item()))
 
 
+def test_multilabel_focal_on_probabilities_under_bfloat16_autocast_computes_in_float32():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, N_CLASSES), torch.nn.Sigmoid())
+    x = torch.randn(64, 8)
+    targets = (torch.rand(64, N_CLASSES) < 0.3).float()
+    loss = MultiLabelFocalLoss(alpha=1, gamma=2, logits=False, label_smoothing=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probs = model(x)
+        amp_loss = loss(probs, targets)
+    assert amp_loss.dtype == torch.float32
+    reference = soft_binary_focal_ref(probs.detach().double(), targets, 2.0, eps=0.1, probs=True)
+    assert abs(amp_loss.item() - reference) <= 1e-5 * max(1.0, abs(reference))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("loss", _all_losses(), ids=lambda l: type(l).__name__)
 def test_float16_autocast_on_cuda_matches_float32(loss):
@@ -416,7 +600,7 @@ def test_losses_pickle_for_learner_export(loss):
     _close(restored(logits, targets), loss(logits, targets).detach().numpy())
 
 
-def _tabular_learner(loss_func, multilabel):
+def _tabular_learner(loss_func, multilabel, y_range=None):
     from fastai.tabular.all import (
         CategoryBlock,
         MultiCategoryBlock,
@@ -439,8 +623,22 @@ def _tabular_learner(loss_func, multilabel):
     to = TabularPandas(df, procs=[Normalize], cont_names=["x1", "x2"], y_names=y_names,
                        y_block=y_block, splits=splits)
     dls = to.dataloaders(bs=30)
-    learn = tabular_learner(dls, layers=[16], loss_func=loss_func)
+    learn = tabular_learner(dls, layers=[16], loss_func=loss_func, y_range=y_range)
     return learn, df
+
+
+def test_multilabel_focal_on_probabilities_works_with_a_sigmoid_model_in_fastai():
+    loss_func = MultiLabelFocalLoss(alpha=1, gamma=2, logits=False)
+    learn, _ = _tabular_learner(loss_func, multilabel=True, y_range=(0, 1))
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(2, 1e-2)
+        probs, targets, decoded, losses = learn.get_preds(with_decoded=True, with_loss=True)
+        raw = learn.model(*[t for t in learn.dls.valid.one_batch()[:2]]).detach()
+    _close(probs[:len(raw)].double(), raw.double().numpy(), tol=1e-6)  # no extra sigmoid
+    assert torch.equal(decoded, probs > 0.5)
+    expected = soft_binary_focal_ref(probs.double(), targets.double(), 2.0, probs=True,
+                                     reduction="none")
+    _close(losses.double(), expected.mean(1), tol=1e-5)
 
 
 @pytest.mark.parametrize("loss_func", [FocalLoss(), AsymmetricLossSingleLabel(),

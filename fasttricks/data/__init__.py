@@ -1,5 +1,5 @@
 """Data helpers for training: oversampling and weighted sampling of the training set, and k-fold
-splits for cross-validation.
+splits for cross-validation, and one stratified train/valid(/test) split.
 
 `class_weights` (per-class weights from the training labels) is shared with `fasttricks.losses`.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fasttricks._labels import CLASS_WEIGHT_METHODS, class_weights
 from fasttricks.data.folds import kfold_splits
+from fasttricks.data.splits import stratified_split
 from fasttricks.data.sampling import (
     WeightedSampler,
     item_weights,
@@ -24,5 +25,6 @@ __all__ = [
     "kfold_splits",
     "oversample",
     "oversample_indices",
+    "stratified_split",
     "weighted_dataloaders",
 ]
