@@ -270,7 +270,7 @@ def _damage_message(check: JournalCheck) -> str:
     after = check.lines - check.bad_line
     return (
         f"journal file {path!r} is damaged at line {check.bad_line} of {check.lines} "
-        f"({check.reason}); the {after} record(s) after it build on it, so nothing is written. "
+        f"({check.reason}); the {after} record(s) after it build on it, so it is not dropped. "
         f"Fix: restore a backup copy ({path}{BACKUP_INFIX}*) if there is one, or keep the "
         f"{check.records} record(s) before line {check.bad_line} (a backup is kept) with: "
         f"python -c \"from fasttricks.tune._storage import repair_journal; "
