@@ -588,8 +588,8 @@ def _connection_message(url: str, err: Exception) -> str:
     detail = str(getattr(err, "orig", None) or err)
     lower = detail.lower()
     if "password authentication failed" in lower or "no password supplied" in lower:
-        why = (f"the server at {place} refused the password of user {user!r}: check user and "
-               "password in the URL")
+        why = (f"the server at {place} refused user {user!r} with this password: check user "
+               "and password in the URL")
     elif "role" in lower and "does not exist" in lower:
         why = f"the server at {place} has no user {user!r}: check the user name in the URL"
     elif "database" in lower and "does not exist" in lower:
