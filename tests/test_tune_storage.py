@@ -1,16 +1,28 @@
-"""Storage selection: journal file by default, RDB for databases, SQLite refused for workers."""
+"""Storage selection (journal file by default, RDB for databases, SQLite refused for workers),
+damaged and foreign journal files, concurrent processes on one journal, URLs and drivers."""
 
 from __future__ import annotations
 
+import json
+import logging
 import multiprocessing as mp
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.storages import JournalStorage, RDBStorage
+from optuna.trial import TrialState
 
 from fasttricks.tune import make_storage
-from fasttricks.tune._storage import storage_kind
+from fasttricks.tune._storage import (
+    StorageError, check_journal, mask_url, repair_journal, resolve_db_url, storage_kind,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -96,21 +108,6 @@ def test_journal_file_is_safe_for_concurrent_processes(tmp_path):
 
 
 # ---------------------------------------------------------------- damaged and foreign journals
-
-import json  # noqa: E402
-import logging  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import textwrap  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from optuna.trial import TrialState  # noqa: E402
-
-from fasttricks.tune._storage import (  # noqa: E402
-    StorageError, check_journal, mask_url, repair_journal, resolve_db_url,
-)
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _records(path):
@@ -439,3 +436,14 @@ def test_no_postgresql_driver_says_what_to_install(monkeypatch):
     assert "secret" not in message
     with pytest.raises(StorageError, match="names the driver 'psycopg2'.*psycopg2-binary"):
         make_storage("postgresql+psycopg2://user:secret@host/db")
+
+
+def test_a_journal_storage_survives_pickling(tmp_path):
+    import pickle
+
+    path = tmp_path / "journal.log"
+    _quadratic_study(path, 2)
+    storage = pickle.loads(pickle.dumps(make_storage(str(path))))
+    study = optuna.load_study(study_name="q", storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2, n_trials=1)
+    assert len(_records(path)) == 1 + 3 * 3

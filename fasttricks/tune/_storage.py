@@ -362,6 +362,10 @@ def _journal_backend_class() -> type:
         """Optuna's journal file backend that never appends after a partial record and names
         the file and line when a record cannot be read."""
 
+        def __reduce__(self) -> tuple[Any, tuple[str]]:
+            # The class is made on first use (optuna is imported lazily): pickle by path.
+            return (journal_backend, (self._file_path,))
+
         def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
             try:
                 yield from super().read_logs(log_number_from)
