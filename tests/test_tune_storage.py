@@ -306,6 +306,10 @@ def test_storage_pointing_at_a_directory_is_refused_by_name(tmp_path):
     with pytest.raises(StorageError, match=f"{folder}.* is a directory.*journal.log"):
         make_storage(str(folder))
     assert list(folder.iterdir()) == []
+    new = tmp_path / "new_folder"
+    with pytest.raises(StorageError, match="names a directory"):
+        make_storage(f"{new}/")  # not made into a file called new_folder
+    assert not new.exists()
 
 
 @pytest.mark.parametrize("content,hint", [

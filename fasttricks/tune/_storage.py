@@ -441,6 +441,12 @@ def journal_backend(path: str | os.PathLike[str]) -> Any:
     line, a directory or a file that is no journal raises :class:`StorageError`.
     """
     global _BACKEND_CLASS
+    text = os.fspath(path)
+    if text.endswith(("/", os.sep)) or text == "":
+        raise StorageError(
+            f"storage path {text!r} names a directory, not a journal file: pass a file such as "
+            f"{os.path.join(text or '.', JOURNAL_NAME)!r}, or omit --storage for "
+            f"runs/<study>/{JOURNAL_NAME}")
     path = Path(path)
     _refuse_non_file(path)
     try:
@@ -514,7 +520,7 @@ def make_storage(
                 "heartbeat, grace period and max retry need an RDB storage (postgresql://...): "
                 "the journal file storage cannot detect dead workers"
             )
-        path = Path(url) if url is not None else default_journal_path(study_name, root)
+        path = url if url is not None else default_journal_path(study_name, root)
         return optuna.storages.JournalStorage(journal_backend(path))
     if max_retry is not None and heartbeat is None:
         raise ValueError(
