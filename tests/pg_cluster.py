@@ -1,5 +1,8 @@
 """A throw-away PostgreSQL cluster for tests: initdb + pg_ctl in a temp dir, on a free port.
 
+The server asks for a password on TCP (scram-sha-256), as a real one does, so that the tests
+use the README's URL form ``postgresql://user:password@host:port/database`` and can check the
+wrong-password error; the superuser connects only through the cluster's private socket.
 Used by the ``postgres``-marked tests. Without the server binaries the tests skip, unless the
 environment sets FASTTRICKS_REQUIRE_POSTGRES=1 (CI does), which turns the skip into a failure.
 PostgreSQL refuses to run as root, so under root the server runs as the ``postgres`` system
@@ -23,6 +26,8 @@ from pathlib import Path
 import pytest
 
 REQUIRE_ENV = "FASTTRICKS_REQUIRE_POSTGRES"
+USER = "tuner"
+PASSWORD = "tuner-Secret-42"
 
 
 def _version_key(path: str) -> tuple[int, ...]:
@@ -67,7 +72,8 @@ def _demote(uid: int, gid: int):
 
 @contextmanager
 def postgres_cluster(database: str = "fasttricks_test") -> Iterator[str]:
-    """Start a private PostgreSQL server and yield a SQLAlchemy URL to a fresh database."""
+    """Start a private PostgreSQL server and yield ``postgresql://tuner:<password>@127.0.0.1:
+    <port>/<database>``, a fresh database owned by that user."""
     bindir = find_postgres_bin()
     if bindir is None:
         unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found; "
@@ -100,19 +106,23 @@ def postgres_cluster(database: str = "fasttricks_test") -> Iterator[str]:
 
     started = False
     try:
-        run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+        run(str(bindir / "initdb"), "-D", str(data), "--auth-local=trust",
+            "--auth-host=scram-sha-256", "-U", "postgres",
             "-E", "UTF8", "--no-sync")
         options = (f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off")
         run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w",
             "-t", "60", "-o", options, "start")
         started = True
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        # The superuser (trusted on the private socket) makes a password user that owns the
+        # test databases, the way a server admin would.
+        conn = psycopg2.connect(host=str(base), port=port, user="postgres", dbname="postgres")
         conn.autocommit = True
         with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{database}"')
+            cur.execute(f"CREATE ROLE {USER} LOGIN CREATEDB PASSWORD '{PASSWORD}'")
+            cur.execute(f'CREATE DATABASE "{database}" OWNER {USER}')
         conn.close()
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{database}"
+        yield f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{port}/{database}"
     finally:
         if started:
             try:
@@ -120,3 +130,21 @@ def postgres_cluster(database: str = "fasttricks_test") -> Iterator[str]:
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
         shutil.rmtree(base, ignore_errors=True)
+
+
+def create_database(url: str, name: str) -> str:
+    """Create database ``name`` as the URL's user (who may create databases); return its URL."""
+    import psycopg2
+
+    rest = url.split("://", 1)[1]
+    credentials, location = rest.rsplit("@", 1)
+    user, password = credentials.split(":", 1)
+    hostport = location.split("/", 1)[0]
+    host, port = hostport.rsplit(":", 1)
+    conn = psycopg2.connect(host=host, port=int(port), user=user, password=password,
+                            dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return url.rsplit("/", 1)[0] + f"/{name}"

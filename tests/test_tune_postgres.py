@@ -1,8 +1,11 @@
 """Real PostgreSQL: several worker processes share one study; a killed worker's trial is retried.
 
-The server is a throw-away cluster (``pg_cluster.py``). The first test uses a synthetic
-objective (a few short "epochs") so that the storage machinery alone is tested; the second runs
-the digits recipe through the command line with two workers and kills one mid-trial.
+The server is a throw-away cluster (``pg_cluster.py``) that asks for a password, and every URL
+has the README's form ``postgresql://user:password@host:port/database`` (no driver named: the
+storage picks the installed one). The first test uses a synthetic objective (a few short
+"epochs") so that the storage machinery alone is tested; the second runs the digits recipe
+through the command line with two workers and kills one mid-trial; the last ones check that a
+wrong password, a server that is down and an unknown database each give one clear line.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from pg_cluster import postgres_cluster
+from pg_cluster import PASSWORD, _free_port, create_database, postgres_cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -71,21 +74,13 @@ def _start_worker(url, n_trials, epochs, seconds, seed):
 
 
 def _fresh_db(url, name):
-    import psycopg2
-
-    host_part = url.split("@", 1)[1]
-    hostport, _ = host_part.split("/", 1)
-    host, port = hostport.split(":")
-    conn = psycopg2.connect(host=host, port=int(port), user="postgres", dbname="postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return url.rsplit("/", 1)[0] + f"/{name}"
+    return create_database(url, name)
 
 
 def _load(url):
-    return optuna.load_study(study_name="toy", storage=url)
+    from fasttricks.tune import make_storage
+
+    return optuna.load_study(study_name="toy", storage=make_storage(url))
 
 
 def test_two_workers_share_a_study_without_duplicates(postgres_url):
@@ -133,7 +128,9 @@ def test_cli_workers_on_postgres_survive_a_killed_worker(postgres_url, tmp_path)
     )
     # One storage (one connection pool) for all the polling: a new storage per poll would
     # open a new pool each time and run the server out of connections on a slow machine.
-    storage = optuna.storages.RDBStorage(url)
+    from fasttricks.tune import make_storage
+
+    storage = make_storage(url)
     victim = None
     deadline = time.monotonic() + 240
     while victim is None and time.monotonic() < deadline and launcher.poll() is None:
@@ -159,3 +156,71 @@ def test_cli_workers_on_postgres_survive_a_killed_worker(postgres_url, tmp_path)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == n_trials
     assert (tmp_path / "runs" / "cli" / "best.yaml").is_file()
+
+
+def test_the_readme_url_form_opens_with_the_installed_driver(postgres_url):
+    from fasttricks.tune import make_storage
+
+    assert postgres_url.startswith("postgresql://tuner:")  # no "+driver" in the URL
+    url = _fresh_db(postgres_url, "readme_form")
+    for form in (url, url.replace("postgresql://", "postgres://", 1)):
+        storage = make_storage(form, "readme")
+        study = optuna.create_study(study_name="readme", storage=storage, load_if_exists=True)
+        study.optimize(lambda t: (t.suggest_float("x", -1, 1) - 0.5) ** 2, n_trials=2)
+    trials = _load_named(url, "readme").trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def _load_named(url, name):
+    from fasttricks.tune import make_storage
+
+    return optuna.load_study(study_name=name, storage=make_storage(url))
+
+
+def _host_port(url):
+    return url.split("@", 1)[1].split("/", 1)[0]
+
+
+def _failure(url):
+    from fasttricks.tune import make_storage
+    from fasttricks.tune._storage import StorageError
+
+    with pytest.raises(StorageError) as info:
+        make_storage(url, "x")
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert PASSWORD not in message and "wrong-pw-77" not in message
+    assert ":***@" in message
+    return message
+
+
+def test_wrong_password_is_one_line_without_the_password(postgres_url):
+    message = _failure(postgres_url.replace(PASSWORD, "wrong-pw-77"))
+    assert f"the server at {_host_port(postgres_url)} refused user 'tuner'" in message
+    assert "check user and password" in message
+
+
+def test_server_down_is_one_line_naming_host_and_port(postgres_url):
+    port = _free_port()  # nothing listens there: the connection is refused
+    url = postgres_url.replace(_host_port(postgres_url), f"127.0.0.1:{port}")
+    message = _failure(url)
+    assert f"no database server answers at 127.0.0.1:{port}" in message
+
+
+def test_unknown_database_is_one_line_saying_how_to_create_it(postgres_url):
+    message = _failure(postgres_url.rsplit("/", 1)[0] + "/no_such_db")
+    assert "has no database 'no_such_db'" in message and "CREATE DATABASE no_such_db" in message
+
+
+def test_cli_with_a_wrong_password_prints_one_line_and_exits_1(postgres_url, tmp_path):
+    # torch's own deprecation warnings on import are not the tuner's output
+    env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="Agg",
+               PYTHONWARNINGS="ignore::FutureWarning")
+    url = postgres_url.replace(PASSWORD, "wrong-pw-77")
+    result = subprocess.run(
+        [sys.executable, "-m", "fasttricks.tune", "--storage", url, "--n-trials", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot open storage"), result.stderr
+    assert "wrong-pw-77" not in result.stderr + result.stdout
