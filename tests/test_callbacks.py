@@ -467,3 +467,30 @@ def test_registry_errors_name_the_closest_match_and_allowed_arguments():
 def test_np_comparators_are_accepted():
     best = SaveBestCallback(monitor="score", comp=np.less)
     assert best.lower_is_better
+
+
+def test_registered_callbacks_are_listed_by_glob_and_usable_from_a_recipe():
+    from fasttricks.callbacks import CALLBACKS, callback_options, register_callback
+    from fasttricks.recipes import load_recipe
+
+    class Halve(Callback):
+        def __init__(self, factor: float = 0.5) -> None:
+            self.factor = factor
+
+    register_callback("halve_test", Halve)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_callback("halve_test", Halve)
+        register_callback("HALVE_TEST", Halve, overwrite=True)
+        assert list_callbacks("halve*") == ["halve_test"]
+        assert list(callback_options("halve_test")) == ["factor"]
+        assert get_callback("halve_test", factor=2).factor == 2
+        raw = {"data": "synthetic", "model": "mlp", "callbacks": [{"name": "halve_test"}]}
+        r = load_recipe(raw, {"callbacks.halve_test.factor": "1e-1"})
+        assert r["callbacks"][0] == {"name": "halve_test", "factor": 0.1}
+        with pytest.raises(KeyError, match="Did you mean 'factor'"):
+            load_recipe(raw, {"callbacks.halve_test.facter": 1})
+        with pytest.raises(TypeError, match="Callback class"):
+            register_callback("not_a_callback", object)
+    finally:
+        CALLBACKS._entries.pop("halve_test", None)
