@@ -47,6 +47,7 @@ def test_digits_splits_partition_the_data_stratified_and_fixed_by_seed():
     assert not np.array_equal(load_dataset("digits", seed=1).test.y, s.test.y)
 
 
+@pytest.mark.slow
 def test_mnist1d_is_the_standard_split_cached_and_leaves_global_rngs_alone(tmp_path, monkeypatch):
     from mnist1d.data import get_dataset_args, make_dataset
 

@@ -404,6 +404,7 @@ def test_fp16_auto_is_on_with_cuda_and_channels_last_for_conv_nets():
     assert not any(isinstance(cb, MixedPrecision) for cb in off.cbs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_shipped_recipe_runs_one_short_epoch(path):
     result = run_recipe(load_recipe(path, ["schedule.epochs=1"]), progress=False)
@@ -508,6 +509,7 @@ def test_cli_seeds_report_mean_std_and_standard_error(tmp_path, capsys, monkeypa
     assert "over 2 seeds: mean" in stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_timm_model_from_a_recipe_trains_with_body_and_head_groups():
     from fasttricks.lr import fine_tune_staged
 
