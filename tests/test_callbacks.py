@@ -150,7 +150,8 @@ def test_loss_filter_works_with_tuple_outputs():
             return F.cross_entropy(pred[0], y, reduction=self.reduction)
 
     x, y = toy_data(16)
-    learn = tiny_learner(TwoHeads(), x, y, bs=8, loss=FirstHeadCE(), cbs=[BatchLossFilterCallback()])
+    learn = tiny_learner(TwoHeads(), x, y, bs=8, loss=FirstHeadCE(),
+                         cbs=[BatchLossFilterCallback()])
     fit_quietly(learn, 1)
     assert learn.recorder.values[-1][0] > 0
 
@@ -195,7 +196,7 @@ def test_save_best_reloads_the_weights_of_the_peak_epoch(tmp_path):
     scores = [0.2, 0.5, 0.9, 0.4, 0.3]
     log, best = WeightLog(), SaveBestCallback(monitor="score")
     learn = tiny_learner(_model(), x, y, bs=8, metrics=[EpochScore(scores)], cbs=[best, log],
-                     path=tmp_path)
+                         path=tmp_path)
     fit_quietly(learn, len(scores), 0.2)
     assert best.best_epoch == 2
     assert best.best_value == pytest.approx(0.9)
@@ -232,7 +233,7 @@ def test_save_best_with_opt_saves_the_optimizer_state_of_the_best_epoch(tmp_path
 
     best = SaveBestCallback(monitor="score", with_opt=True)
     learn = tiny_learner(_model(), x, y, bs=8, metrics=[EpochScore([0.3, 0.7, 0.2])],
-                     cbs=[best, OptLog()], opt_func=partial(Adam), path=tmp_path)
+                         cbs=[best, OptLog()], opt_func=partial(Adam), path=tmp_path)
     fit_quietly(learn, 3, 1e-2)
     saved = torch.load(best.ckpt_path, weights_only=False)
     assert set(saved) == {"model", "opt"}
@@ -246,7 +247,7 @@ def test_save_best_with_opt_saves_the_optimizer_state_of_the_best_epoch(tmp_path
 def test_save_best_unknown_monitor_lists_recorded_names_and_closest(tmp_path):
     x, y = toy_data(16)
     learn = tiny_learner(_model(), x, y, bs=8, metrics=[accuracy], path=tmp_path,
-                     cbs=[SaveBestCallback(monitor="acuracy")])
+                         cbs=[SaveBestCallback(monitor="acuracy")])
     with pytest.raises(KeyError) as err:
         fit_quietly(learn)
     msg = str(err.value)
@@ -258,7 +259,7 @@ def test_save_best_write_is_atomic(tmp_path, monkeypatch):
     x, y = toy_data(32)
     log, best = WeightLog(), SaveBestCallback(monitor="score", reload=False)
     learn = tiny_learner(_model(), x, y, bs=8, metrics=[EpochScore([0.1, 0.9])], cbs=[best, log],
-                     path=tmp_path)
+                         path=tmp_path)
     real_save = torch.save
     calls = []
 
@@ -385,8 +386,8 @@ def test_ema_with_save_best_keeps_the_best_ema_weights(tmp_path):
             snaps.append(copy.deepcopy(self.learn.model.state_dict()))
 
     ema, best = EMACallback(decay=0.5), SaveBestCallback(monitor="score")
-    learn = tiny_learner(_model(), x, y, bs=8, metrics=[EpochScore(scores)], cbs=[ema, best, Snap()],
-                     path=tmp_path)
+    learn = tiny_learner(_model(), x, y, bs=8, metrics=[EpochScore(scores)],
+                         cbs=[ema, best, Snap()], path=tmp_path)
     fit_quietly(learn, 3, 0.3)
     assert best.best_epoch == 1
     state = torch.load(tmp_path / "models" / "best_ema.pth", weights_only=True)

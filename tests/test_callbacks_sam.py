@@ -226,7 +226,8 @@ def test_overflowing_step_is_skipped_and_weights_stay(which):
     sam = SAMCallback(rho=0.2)
     forwards = []
     model.register_forward_hook(lambda m, i, o: forwards.append(1))
-    learn = tiny_learner(model, x, y, bs=32, cbs=[CPUMixedPrecision(init_scale=2.0**10), sam, inject])
+    learn = tiny_learner(model, x, y, bs=32,
+                         cbs=[CPUMixedPrecision(init_scale=2.0**10), sam, inject])
     fit_quietly(learn, 1, 0.5)
     for p, w in zip(learn.model.parameters(), w0):
         assert torch.equal(p.detach(), w)  # not moved, not even by the perturbation
