@@ -1,13 +1,19 @@
-"""Shared pytest setup: one CPU thread and a clean skip for CUDA-only tests."""
+"""Shared pytest setup: one CPU thread, a clean skip for CUDA-only tests, and the small data,
+learner and recipe builders several test files use (``from conftest import ...``)."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
+from torch import nn
 
 # The tests train tiny models: a second thread only adds synchronisation cost, and on a busy
 # 2-core machine it makes them many times slower.
 torch.set_num_threads(1)
+
+N_IN, N_OUT = 5, 3
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,3 +30,61 @@ def tmp_cwd(tmp_path, monkeypatch):
     """Run the test inside an empty temporary working directory (for `runs/` output)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+# ------------------------------------------------------------------------------ tiny learners
+
+
+def toy_data(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` items with ``N_IN`` features and a 3-class label that depends on them."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, N_IN, generator=g)
+    y = (x[:, 0] + 2 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    return x, y
+
+
+def tiny_learner(model, x, y, bs, cbs=(), opt_func=None, metrics=(), path=".", valid=None,
+                 loss=None, lr=1e-3, device="cpu"):
+    """A fastai Learner over ``(x, y)`` in order (no shuffling), plain SGD without momentum or
+    weight decay; ``valid`` defaults to the first batch of the training items."""
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.learner import Learner
+    from fastai.optimizer import SGD
+
+    vx, vy = valid if valid is not None else (x[:bs], y[:bs])
+    dls = DataLoaders(
+        DataLoader(list(zip(x, y)), bs=bs, shuffle=False, device=device),
+        DataLoader(list(zip(vx, vy)), bs=bs, shuffle=False, device=device),
+        device=device,
+    )
+    return Learner(dls, model.to(device),
+                   loss_func=loss if loss is not None else nn.CrossEntropyLoss(),
+                   opt_func=opt_func or partial(SGD, mom=0.0), lr=lr, wd=0.0,
+                   metrics=list(metrics), cbs=list(cbs), path=path)
+
+
+def fit_quietly(learn, epochs=1, lr=0.1):
+    """``learn.fit(epochs, lr)`` without the progress bar and the epoch table."""
+    with learn.no_bar(), learn.no_logging():
+        learn.fit(epochs, lr)
+
+
+# ------------------------------------------------------------------------------- tiny recipes
+
+
+def tiny_recipe(**changes):
+    """A small, fast synthetic recipe (300 items, MLP, 2 epochs); ``changes`` are dotted
+    overrides such as ``**{"schedule.epochs": 3}``."""
+    from fasttricks.recipes import load_recipe
+
+    recipe = {
+        "name": "tiny",
+        "data": {"name": "synthetic", "n_samples": 300, "bs": 32},
+        "model": {"name": "mlp", "hidden": [16]},
+        "optimizer": {"name": "adamw", "lr": 1e-2},
+        "schedule": {"epochs": 2},
+        "metrics": ["accuracy"],
+        "seed": 0,
+    }
+    return load_recipe(recipe, changes)

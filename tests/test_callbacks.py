@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback, CancelStepException
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
-from fastai.learner import Learner, Metric
+from fastai.learner import Metric
 from fastai.metrics import accuracy
-from fastai.optimizer import SGD, Adam
+from fastai.optimizer import Adam
 from torch import nn
+
+from conftest import N_IN, N_OUT, fit_quietly, tiny_learner, toy_data
 
 from fasttricks.callbacks import (
     BatchLossFilterCallback,
@@ -29,44 +29,10 @@ from fasttricks.callbacks import (
     loss_filter_mask,
 )
 
-N_IN, N_OUT = 5, 3
-
-
-def _data(n: int = 32, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, N_IN, generator=g)
-    y = (x[:, 0] + 2 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
-    return x, y
-
-
-def _learner(model, x, y, bs, cbs=(), opt_func=None, metrics=(), path=".", valid=None, loss=None):
-    items = list(zip(x, y))
-    vx, vy = valid if valid is not None else (x[:bs], y[:bs])
-    dls = DataLoaders(
-        DataLoader(items, bs=bs, shuffle=False),
-        DataLoader(list(zip(vx, vy)), bs=bs, shuffle=False),
-    )
-    return Learner(
-        dls,
-        model,
-        loss_func=loss if loss is not None else nn.CrossEntropyLoss(),
-        opt_func=opt_func or partial(SGD, mom=0.0),
-        wd=0.0,
-        metrics=list(metrics),
-        cbs=list(cbs),
-        path=path,
-    )
-
-
 def _model(seed: int = 0, bn: bool = False) -> nn.Module:
     torch.manual_seed(seed)
     layers = [nn.Linear(N_IN, 8)] + ([nn.BatchNorm1d(8)] if bn else []) + [nn.ReLU()]
     return nn.Sequential(*layers, nn.Linear(8, N_OUT))
-
-
-def _fit(learn, epochs=1, lr=0.1):
-    with learn.no_bar(), learn.no_logging():
-        learn.fit(epochs, lr)
 
 
 class WeightLog(Callback):
@@ -101,7 +67,7 @@ def test_loss_filter_mask_keeps_at_least_one_sample():
 
 
 def test_loss_filter_trains_on_the_kept_samples_only():
-    x, y = _data(8, seed=2)
+    x, y = toy_data(8, seed=2)
     model = _model()
     lr, perc = 0.5, 0.6
     with torch.no_grad():
@@ -127,8 +93,8 @@ def test_loss_filter_trains_on_the_kept_samples_only():
                 seen["loss"] = float(self.learn.loss)
 
     cb = BatchLossFilterCallback(loss_perc=perc)
-    learn = _learner(model, x, y, bs=8, cbs=[cb, Spy()])
-    _fit(learn, 1, lr)
+    learn = tiny_learner(model, x, y, bs=8, cbs=[cb, Spy()])
+    fit_quietly(learn, 1, lr)
     for p, w in zip(learn.model.parameters(), expected):
         torch.testing.assert_close(p.detach(), w, rtol=1e-5, atol=1e-6)
     assert seen["loss"] == pytest.approx(float(per_sample.mean()), rel=1e-5)  # logged: full batch
@@ -136,12 +102,12 @@ def test_loss_filter_trains_on_the_kept_samples_only():
 
 
 def test_loss_filter_leaves_validation_untouched():
-    x, y = _data(32)
-    vx, vy = _data(16, seed=9)
+    x, y = toy_data(32)
+    vx, vy = toy_data(16, seed=9)
     model = _model()
-    plain = _learner(copy.deepcopy(model), x, y, bs=16, valid=(vx, vy))
-    filt = _learner(model, x, y, bs=16, valid=(vx, vy), cbs=[BatchLossFilterCallback(0.5)])
-    _fit(filt, 1)
+    plain = tiny_learner(copy.deepcopy(model), x, y, bs=16, valid=(vx, vy))
+    filt = tiny_learner(model, x, y, bs=16, valid=(vx, vy), cbs=[BatchLossFilterCallback(0.5)])
+    fit_quietly(filt, 1)
     plain.model.load_state_dict(filt.model.state_dict())
     with torch.no_grad():
         expected = float(F.cross_entropy(filt.model(vx), vy))
@@ -150,7 +116,7 @@ def test_loss_filter_leaves_validation_untouched():
 
 
 def test_loss_filter_schedule_sets_the_share_over_training():
-    x, y = _data(32)
+    x, y = toy_data(32)
     counts = []
 
     class Count(Callback):
@@ -161,7 +127,7 @@ def test_loss_filter_schedule_sets_the_share_over_training():
                 counts.append((self.learn.pct_train, int(cb.keep.sum())))
 
     cb = BatchLossFilterCallback(schedule=lambda pct: 1.0 if pct < 0.5 else 1e-6)
-    _fit(_learner(_model(), x, y, bs=8, cbs=[cb, Count()]), 1)
+    fit_quietly(tiny_learner(_model(), x, y, bs=8, cbs=[cb, Count()]), 1)
     assert [n for _, n in counts] == [8, 8, 1, 1]
 
 
@@ -183,18 +149,19 @@ def test_loss_filter_works_with_tuple_outputs():
         def forward(self, pred, y):
             return F.cross_entropy(pred[0], y, reduction=self.reduction)
 
-    x, y = _data(16)
-    learn = _learner(TwoHeads(), x, y, bs=8, loss=FirstHeadCE(), cbs=[BatchLossFilterCallback()])
-    _fit(learn, 1)
+    x, y = toy_data(16)
+    learn = tiny_learner(TwoHeads(), x, y, bs=8, loss=FirstHeadCE(),
+                         cbs=[BatchLossFilterCallback()])
+    fit_quietly(learn, 1)
     assert learn.recorder.values[-1][0] > 0
 
 
 def test_loss_filter_refuses_a_loss_without_reduction():
-    x, y = _data(16)
-    learn = _learner(_model(), x, y, bs=8, loss=lambda p, t: F.cross_entropy(p, t))
+    x, y = toy_data(16)
+    learn = tiny_learner(_model(), x, y, bs=8, loss=lambda p, t: F.cross_entropy(p, t))
     learn.add_cb(BatchLossFilterCallback())
     with pytest.raises(TypeError, match="reduction"):
-        _fit(learn)
+        fit_quietly(learn)
 
 
 def test_loss_filter_rejects_bad_share():
@@ -225,12 +192,12 @@ class EpochScore(Metric):
 
 
 def test_save_best_reloads_the_weights_of_the_peak_epoch(tmp_path):
-    x, y = _data(32)
+    x, y = toy_data(32)
     scores = [0.2, 0.5, 0.9, 0.4, 0.3]
     log, best = WeightLog(), SaveBestCallback(monitor="score")
-    learn = _learner(_model(), x, y, bs=8, metrics=[EpochScore(scores)], cbs=[best, log],
-                     path=tmp_path)
-    _fit(learn, len(scores), 0.2)
+    learn = tiny_learner(_model(), x, y, bs=8, metrics=[EpochScore(scores)], cbs=[best, log],
+                         path=tmp_path)
+    fit_quietly(learn, len(scores), 0.2)
     assert best.best_epoch == 2
     assert best.best_value == pytest.approx(0.9)
     assert best.reloaded and best.ckpt_path == tmp_path / "models" / "best.pth"
@@ -243,19 +210,19 @@ def test_save_best_reloads_the_weights_of_the_peak_epoch(tmp_path):
 
 
 def test_save_best_lower_is_better_for_losses_and_min_delta(tmp_path):
-    x, y = _data(32)
+    x, y = toy_data(32)
     best = SaveBestCallback(monitor="my_loss", min_delta=0.1, reload=False)
     assert best.lower_is_better
     metric = EpochScore([1.0, 0.95, 0.5, 0.45], name="my_loss")
-    learn = _learner(_model(), x, y, bs=8, metrics=[metric], cbs=[best], path=tmp_path)
-    _fit(learn, 4)
+    learn = tiny_learner(_model(), x, y, bs=8, metrics=[metric], cbs=[best], path=tmp_path)
+    fit_quietly(learn, 4)
     assert (best.best_epoch, best.best_value) == (2, 0.5)  # 0.95 and 0.45 are within min_delta
     assert not best.reloaded
     assert not SaveBestCallback(monitor="accuracy").lower_is_better
 
 
 def test_save_best_with_opt_saves_the_optimizer_state_of_the_best_epoch(tmp_path):
-    x, y = _data(32)
+    x, y = toy_data(32)
     states = []
 
     class OptLog(Callback):
@@ -265,9 +232,9 @@ def test_save_best_with_opt_saves_the_optimizer_state_of_the_best_epoch(tmp_path
             states.append(copy.deepcopy(self.learn.opt.state_dict()))
 
     best = SaveBestCallback(monitor="score", with_opt=True)
-    learn = _learner(_model(), x, y, bs=8, metrics=[EpochScore([0.3, 0.7, 0.2])],
-                     cbs=[best, OptLog()], opt_func=partial(Adam), path=tmp_path)
-    _fit(learn, 3, 1e-2)
+    learn = tiny_learner(_model(), x, y, bs=8, metrics=[EpochScore([0.3, 0.7, 0.2])],
+                         cbs=[best, OptLog()], opt_func=partial(Adam), path=tmp_path)
+    fit_quietly(learn, 3, 1e-2)
     saved = torch.load(best.ckpt_path, weights_only=False)
     assert set(saved) == {"model", "opt"}
     avg = [s["grad_avg"] for s in saved["opt"]["state"] if "grad_avg" in s]
@@ -278,21 +245,21 @@ def test_save_best_with_opt_saves_the_optimizer_state_of_the_best_epoch(tmp_path
 
 
 def test_save_best_unknown_monitor_lists_recorded_names_and_closest(tmp_path):
-    x, y = _data(16)
-    learn = _learner(_model(), x, y, bs=8, metrics=[accuracy], path=tmp_path,
-                     cbs=[SaveBestCallback(monitor="acuracy")])
+    x, y = toy_data(16)
+    learn = tiny_learner(_model(), x, y, bs=8, metrics=[accuracy], path=tmp_path,
+                         cbs=[SaveBestCallback(monitor="acuracy")])
     with pytest.raises(KeyError) as err:
-        _fit(learn)
+        fit_quietly(learn)
     msg = str(err.value)
     assert "'acuracy'" in msg and "train_loss, valid_loss, accuracy" in msg
     assert "Did you mean 'accuracy'?" in msg
 
 
 def test_save_best_write_is_atomic(tmp_path, monkeypatch):
-    x, y = _data(32)
+    x, y = toy_data(32)
     log, best = WeightLog(), SaveBestCallback(monitor="score", reload=False)
-    learn = _learner(_model(), x, y, bs=8, metrics=[EpochScore([0.1, 0.9])], cbs=[best, log],
-                     path=tmp_path)
+    learn = tiny_learner(_model(), x, y, bs=8, metrics=[EpochScore([0.1, 0.9])], cbs=[best, log],
+                         path=tmp_path)
     real_save = torch.save
     calls = []
 
@@ -306,7 +273,7 @@ def test_save_best_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError, match="disk full"):
-        _fit(learn, 2, 0.2)
+        fit_quietly(learn, 2, 0.2)
     monkeypatch.setattr(torch, "save", real_save)
     files = sorted(p.name for p in (tmp_path / "models").iterdir())
     assert files == ["best.pth"]  # no temporary file left behind
@@ -326,12 +293,12 @@ def _ema_by_hand(init, steps, decay, warmup=True):
 
 @pytest.mark.parametrize("warmup", [True, False])
 def test_ema_weights_equal_the_formula_after_n_steps(warmup):
-    x, y = _data(48)
+    x, y = toy_data(48)
     model = _model()
     init = [p.detach().clone() for p in model.parameters()]
     log, ema = WeightLog(), EMACallback(decay=0.9, warmup=warmup, swap_at_end=False)
-    learn = _learner(model, x, y, bs=8, cbs=[ema, log], opt_func=partial(Adam))
-    _fit(learn, 2, 1e-2)
+    learn = tiny_learner(model, x, y, bs=8, cbs=[ema, log], opt_func=partial(Adam))
+    fit_quietly(learn, 2, 1e-2)
     assert ema.num_updates == len(log.steps) == 12
     expected = _ema_by_hand(init, log.steps, 0.9, warmup)
     for e, w in zip(ema.ema_params, expected):
@@ -343,8 +310,8 @@ def test_ema_weights_equal_the_formula_after_n_steps(warmup):
 
 
 def test_ema_swaps_in_at_end_validates_with_ema_and_keeps_buffers():
-    x, y = _data(48)
-    vx, vy = _data(16, seed=5)
+    x, y = toy_data(48)
+    vx, vy = toy_data(16, seed=5)
     model = _model(bn=True)
     seen = {}
 
@@ -355,8 +322,8 @@ def test_ema_swaps_in_at_end_validates_with_ema_and_keeps_buffers():
             seen["running_mean"] = self.learn.model[1].running_mean.clone()
 
     log, ema = WeightLog(), EMACallback(decay=0.8)
-    learn = _learner(model, x, y, bs=8, cbs=[ema, log, Spy()], valid=(vx, vy))
-    _fit(learn, 1, 0.2)
+    learn = tiny_learner(model, x, y, bs=8, cbs=[ema, log, Spy()], valid=(vx, vy))
+    fit_quietly(learn, 1, 0.2)
     for p, e in zip(learn.model.parameters(), ema.ema_params):
         assert torch.equal(p.detach(), e)
     assert any(not torch.equal(e, w) for e, w in zip(ema.ema_params, log.steps[-1]))
@@ -369,7 +336,7 @@ def test_ema_swaps_in_at_end_validates_with_ema_and_keeps_buffers():
 
 
 def test_ema_skips_cancelled_steps():
-    x, y = _data(32)
+    x, y = toy_data(32)
 
     class SkipOdd(Callback):
         order = 20
@@ -379,36 +346,36 @@ def test_ema_skips_cancelled_steps():
                 raise CancelStepException()
 
     ema = EMACallback()
-    _fit(_learner(_model(), x, y, bs=8, cbs=[ema, SkipOdd()]), 1)
+    fit_quietly(tiny_learner(_model(), x, y, bs=8, cbs=[ema, SkipOdd()]), 1)
     assert ema.num_updates == 2
 
 
 def test_ema_state_is_saved_and_reloaded(tmp_path):
-    x, y = _data(32)
+    x, y = toy_data(32)
     ema = EMACallback(decay=0.95, swap_at_end=False)
-    learn = _learner(_model(), x, y, bs=8, cbs=[ema], path=tmp_path)
-    _fit(learn, 1)
+    learn = tiny_learner(_model(), x, y, bs=8, cbs=[ema], path=tmp_path)
+    fit_quietly(learn, 1)
     learn.save("ckpt")
     path = ema.save("ckpt")
     assert path == tmp_path / "models" / "ckpt_ema.pth"
 
     other = EMACallback(decay=0.5)
-    learn2 = _learner(_model(seed=7), x, y, bs=8, cbs=[other], path=tmp_path)
+    learn2 = tiny_learner(_model(seed=7), x, y, bs=8, cbs=[other], path=tmp_path)
     learn2.load("ckpt")
     other.load("ckpt")
     assert (other.decay, other.num_updates) == (0.95, 4)
     for a, b in zip(other.ema_params, ema.ema_params):
         assert torch.equal(a, b)
     # training continues from the restored state exactly as the original would
-    _fit(learn, 1)
-    _fit(learn2, 1)
+    fit_quietly(learn, 1)
+    fit_quietly(learn2, 1)
     assert other.num_updates == ema.num_updates == 8
     for a, b in zip(other.ema_params, ema.ema_params):
         torch.testing.assert_close(a, b)
 
 
 def test_ema_with_save_best_keeps_the_best_ema_weights(tmp_path):
-    x, y = _data(32)
+    x, y = toy_data(32)
     scores = [0.1, 0.8, 0.3]
     snaps = []
 
@@ -419,9 +386,9 @@ def test_ema_with_save_best_keeps_the_best_ema_weights(tmp_path):
             snaps.append(copy.deepcopy(self.learn.model.state_dict()))
 
     ema, best = EMACallback(decay=0.5), SaveBestCallback(monitor="score")
-    learn = _learner(_model(), x, y, bs=8, metrics=[EpochScore(scores)], cbs=[ema, best, Snap()],
-                     path=tmp_path)
-    _fit(learn, 3, 0.3)
+    learn = tiny_learner(_model(), x, y, bs=8, metrics=[EpochScore(scores)],
+                         cbs=[ema, best, Snap()], path=tmp_path)
+    fit_quietly(learn, 3, 0.3)
     assert best.best_epoch == 1
     state = torch.load(tmp_path / "models" / "best_ema.pth", weights_only=True)
     assert state["num_updates"] == 8  # saved with the epoch-1 checkpoint (2 epochs x 4 steps)
@@ -432,16 +399,16 @@ def test_ema_with_save_best_keeps_the_best_ema_weights(tmp_path):
 
 # --- NaN guard -----------------------------------------------------------------------------------
 def test_nan_guard_stops_a_run_with_huge_lr_and_names_the_remedies():
-    x, y = _data(64)
+    x, y = toy_data(64)
     torch.manual_seed(0)
     layers = [nn.Linear(N_IN, 16), nn.ReLU()]
     for _ in range(5):
         layers += [nn.Linear(16, 16), nn.ReLU()]
     deep = nn.Sequential(*layers, nn.Linear(16, N_OUT))
     guard = NaNGuardCallback()
-    learn = _learner(deep, x, y, bs=8, cbs=[guard], opt_func=partial(Adam, eps=1e-5))
+    learn = tiny_learner(deep, x, y, bs=8, cbs=[guard], opt_func=partial(Adam, eps=1e-5))
     with pytest.raises(NonFiniteLossError) as err:
-        _fit(learn, 5, 1e6)
+        fit_quietly(learn, 5, 1e6)
     msg = str(err.value)
     assert "the training loss is" in msg
     assert "raise the optimizer's eps to 1e-4 or higher (eps in effect: 1e-05)" in msg
@@ -451,16 +418,16 @@ def test_nan_guard_stops_a_run_with_huge_lr_and_names_the_remedies():
 
 
 def test_nan_guard_without_raising_just_stops():
-    x, y = _data(64)
+    x, y = toy_data(64)
     guard = NaNGuardCallback(raise_error=False)
-    learn = _learner(_model(), x, y, bs=8, cbs=[guard])  # SGD: no eps
-    _fit(learn, 5, 1e6)
+    learn = tiny_learner(_model(), x, y, bs=8, cbs=[guard])  # SGD: no eps
+    fit_quietly(learn, 5, 1e6)
     assert guard.message is not None and "the current optimizer has no eps" in guard.message
     assert len(learn.recorder.values) < 5
 
 
 def test_nan_guard_counts_consecutive_skipped_steps():
-    x, y = _data(64)
+    x, y = toy_data(64)
 
     class AlwaysSkip(Callback):
         order = 20
@@ -469,16 +436,16 @@ def test_nan_guard_counts_consecutive_skipped_steps():
             raise CancelStepException()
 
     guard = NaNGuardCallback(max_skipped_steps=3, raise_error=False)
-    _fit(_learner(_model(), x, y, bs=8, cbs=[guard, AlwaysSkip()]), 2)
+    fit_quietly(tiny_learner(_model(), x, y, bs=8, cbs=[guard, AlwaysSkip()]), 2)
     assert "3 optimizer steps in a row were skipped" in guard.message
     assert "batch 2" in guard.message
 
 
 def test_nan_guard_is_quiet_on_a_healthy_run():
-    x, y = _data(32)
+    x, y = toy_data(32)
     guard = NaNGuardCallback()
-    learn = _learner(_model(), x, y, bs=8, cbs=[guard])
-    _fit(learn, 2)
+    learn = tiny_learner(_model(), x, y, bs=8, cbs=[guard])
+    fit_quietly(learn, 2)
     assert guard.message is None and len(learn.recorder.values) == 2
 
 
@@ -501,3 +468,30 @@ def test_registry_errors_name_the_closest_match_and_allowed_arguments():
 def test_np_comparators_are_accepted():
     best = SaveBestCallback(monitor="score", comp=np.less)
     assert best.lower_is_better
+
+
+def test_registered_callbacks_are_listed_by_glob_and_usable_from_a_recipe():
+    from fasttricks.callbacks import CALLBACKS, callback_options, register_callback
+    from fasttricks.recipes import load_recipe
+
+    class Halve(Callback):
+        def __init__(self, factor: float = 0.5) -> None:
+            self.factor = factor
+
+    register_callback("halve_test", Halve)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_callback("halve_test", Halve)
+        register_callback("HALVE_TEST", Halve, overwrite=True)
+        assert list_callbacks("halve*") == ["halve_test"]
+        assert list(callback_options("halve_test")) == ["factor"]
+        assert get_callback("halve_test", factor=2).factor == 2
+        raw = {"data": "synthetic", "model": "mlp", "callbacks": [{"name": "halve_test"}]}
+        r = load_recipe(raw, {"callbacks.halve_test.factor": "1e-1"})
+        assert r["callbacks"][0] == {"name": "halve_test", "factor": 0.1}
+        with pytest.raises(KeyError, match="Did you mean 'factor'"):
+            load_recipe(raw, {"callbacks.halve_test.facter": 1})
+        with pytest.raises(TypeError, match="Callback class"):
+            register_callback("not_a_callback", object)
+    finally:
+        CALLBACKS._entries.pop("halve_test", None)

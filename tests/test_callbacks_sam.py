@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from functools import partial
 
 import pytest
 import torch
@@ -15,54 +14,18 @@ from fastai.callback.training import GradientAccumulation, GradientClip
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.learner import Learner
-from fastai.optimizer import SGD
 from fastai.torch_core import L
 from torch import nn
 
+from conftest import N_IN, N_OUT, fit_quietly, tiny_learner, toy_data
+
 from fasttricks.callbacks import SAMCallback, get_callback, sam_perturbation
-
-N_IN, N_OUT = 5, 3
-
-
-def _data(n: int = 32, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, N_IN, generator=g)
-    y = (x[:, 0] + 2 * x[:, 1] > 0).long() + (x[:, 2] > 1).long()
-    return x, y
-
-
-def _dls(x, y, bs: int, device: str = "cpu") -> DataLoaders:
-    items = list(zip(x, y))
-    train = DataLoader(items, bs=bs, shuffle=False, drop_last=False, device=device)
-    valid = DataLoader(items[:bs], bs=bs, shuffle=False, device=device)
-    return DataLoaders(train, valid, device=device)
-
 
 def _model(seed: int = 0, bn: bool = False) -> nn.Module:
     torch.manual_seed(seed)
     layers = [nn.BatchNorm1d(N_IN)] if bn else []
     layers += [nn.Linear(N_IN, 8), nn.Tanh(), nn.Linear(8, N_OUT)]
     return nn.Sequential(*layers)
-
-
-def _learner(model, x, y, bs, cbs=(), lr=0.1, opt_func=None, device="cpu", tmp_path=None):
-    opt_func = opt_func or partial(SGD, mom=0.0)
-    learn = Learner(
-        _dls(x, y, bs, device),
-        model.to(device),
-        loss_func=nn.CrossEntropyLoss(),
-        opt_func=opt_func,
-        lr=lr,
-        wd=0.0,
-        cbs=list(cbs),
-        path=tmp_path or ".",
-    )
-    return learn
-
-
-def _fit(learn, epochs=1, lr=0.1):
-    with learn.no_bar(), learn.no_logging():
-        learn.fit(epochs, lr)
 
 
 def _grads(model, x, y):
@@ -92,12 +55,12 @@ def _sam_by_hand(model, x, y, lr, rho, adaptive):
 
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_one_sam_step_equals_two_pass_update_by_hand(adaptive):
-    x, y = _data(16)
+    x, y = toy_data(16)
     model = _model()
     rho, lr = (1.0 if adaptive else 0.2), 0.5
     expected, _ = _sam_by_hand(model, x, y, lr, rho, adaptive)
-    learn = _learner(model, x, y, bs=16, cbs=[SAMCallback(rho=rho, adaptive=adaptive)])
-    _fit(learn, 1, lr)
+    learn = tiny_learner(model, x, y, bs=16, cbs=[SAMCallback(rho=rho, adaptive=adaptive)])
+    fit_quietly(learn, 1, lr)
     for p, w in zip(learn.model.parameters(), expected):
         torch.testing.assert_close(p.detach(), w, rtol=1e-5, atol=1e-6)
     # and it is not the plain SGD step
@@ -124,7 +87,7 @@ def test_sam_perturbation_matches_formula():
 def test_plain_sam_with_sgd_matches_sam_pytorch():
     from sam import SAM  # sam-pytorch 0.0.1 (test extra)
 
-    x, y = _data(48, seed=3)
+    x, y = toy_data(48, seed=3)
     model = _model(seed=3)
     ref = copy.deepcopy(model)
     rho, lr = 0.1, 0.3
@@ -140,17 +103,17 @@ def test_plain_sam_with_sgd_matches_sam_pytorch():
 
         ref_opt.step(closure)
 
-    learn = _learner(model, x, y, bs=16, cbs=[SAMCallback(rho=rho)])
-    _fit(learn, 1, lr)
+    learn = tiny_learner(model, x, y, bs=16, cbs=[SAMCallback(rho=rho)])
+    fit_quietly(learn, 1, lr)
     for p, q in zip(learn.model.parameters(), ref.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_second_pass_leaves_batchnorm_running_stats_alone():
-    x, y = _data(16)
+    x, y = toy_data(16)
     model = _model(bn=True)
-    learn = _learner(model, x, y, bs=16, cbs=[SAMCallback(rho=0.5)])
-    _fit(learn, 1, 0.1)
+    learn = tiny_learner(model, x, y, bs=16, cbs=[SAMCallback(rho=0.5)])
+    fit_quietly(learn, 1, 0.1)
     bn = learn.model[0]
     m = bn.momentum
     # one update from the first pass only: running = (1 - m) * init + m * batch statistic
@@ -161,14 +124,14 @@ def test_second_pass_leaves_batchnorm_running_stats_alone():
 
 
 def test_gradient_accumulation_is_refused_with_a_clear_error():
-    x, y = _data(16)
-    learn = _learner(_model(), x, y, bs=8, cbs=[SAMCallback(), GradientAccumulation(16)])
+    x, y = toy_data(16)
+    learn = tiny_learner(_model(), x, y, bs=8, cbs=[SAMCallback(), GradientAccumulation(16)])
     with pytest.raises(ValueError, match="GradientAccumulation"):
-        _fit(learn)
+        fit_quietly(learn)
 
 
 def test_gradient_clip_clips_the_second_gradients():
-    x, y = _data(16)
+    x, y = toy_data(16)
     model = _model()
     lr, rho, max_norm = 0.5, 0.2, 0.05
     _, g2 = _sam_by_hand(model, x, y, lr, rho, adaptive=False)
@@ -176,8 +139,8 @@ def test_gradient_clip_clips_the_second_gradients():
     assert total > max_norm  # the clip is active
     coef = max_norm / (total + 1e-6)
     expected = [w.detach() - lr * coef * g for w, g in zip(model.parameters(), g2)]
-    learn = _learner(model, x, y, bs=16, cbs=[SAMCallback(rho=rho), GradientClip(max_norm)])
-    _fit(learn, 1, lr)
+    learn = tiny_learner(model, x, y, bs=16, cbs=[SAMCallback(rho=rho), GradientClip(max_norm)])
+    fit_quietly(learn, 1, lr)
     for p, w in zip(learn.model.parameters(), expected):
         torch.testing.assert_close(p.detach(), w, rtol=1e-5, atol=1e-6)
 
@@ -232,39 +195,40 @@ class InjectInf(Callback):
 
 def test_scaled_sam_step_matches_unscaled_step():
     # no autocast: the only difference is the loss scale, which must be undone exactly
-    x, y = _data(32)
+    x, y = toy_data(32)
     model = _model()
-    ref = _learner(copy.deepcopy(model), x, y, bs=16, cbs=[SAMCallback(rho=0.2)])
-    _fit(ref, 1, 0.5)
+    ref = tiny_learner(copy.deepcopy(model), x, y, bs=16, cbs=[SAMCallback(rho=0.2)])
+    fit_quietly(ref, 1, 0.5)
     cbs = [CPUMixedPrecision(autocast_enabled=False, init_scale=2.0**14), SAMCallback(rho=0.2)]
-    learn = _learner(model, x, y, bs=16, cbs=cbs)
-    _fit(learn, 1, 0.5)
+    learn = tiny_learner(model, x, y, bs=16, cbs=cbs)
+    fit_quietly(learn, 1, 0.5)
     for p, q in zip(learn.model.parameters(), ref.model.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_fp16_autocast_sam_close_to_fp32():
-    x, y = _data(32)
+    x, y = toy_data(32)
     model = _model()
-    ref = _learner(copy.deepcopy(model), x, y, bs=16, cbs=[SAMCallback(rho=0.2)])
-    _fit(ref, 2, 0.5)
-    learn = _learner(model, x, y, bs=16, cbs=[CPUMixedPrecision(), SAMCallback(rho=0.2)])
-    _fit(learn, 2, 0.5)
+    ref = tiny_learner(copy.deepcopy(model), x, y, bs=16, cbs=[SAMCallback(rho=0.2)])
+    fit_quietly(ref, 2, 0.5)
+    learn = tiny_learner(model, x, y, bs=16, cbs=[CPUMixedPrecision(), SAMCallback(rho=0.2)])
+    fit_quietly(learn, 2, 0.5)
     for p, q in zip(learn.model.parameters(), ref.model.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=2e-2, atol=2e-3)
 
 
 @pytest.mark.parametrize("which", [1, 2], ids=["first_pass_inf", "second_pass_inf"])
 def test_overflowing_step_is_skipped_and_weights_stay(which):
-    x, y = _data(32)
+    x, y = toy_data(32)
     model = _model()
     w0 = [p.detach().clone() for p in model.parameters()]
     inject = InjectInf(which, batches=(0,))
     sam = SAMCallback(rho=0.2)
     forwards = []
     model.register_forward_hook(lambda m, i, o: forwards.append(1))
-    learn = _learner(model, x, y, bs=32, cbs=[CPUMixedPrecision(init_scale=2.0**10), sam, inject])
-    _fit(learn, 1, 0.5)
+    learn = tiny_learner(model, x, y, bs=32,
+                         cbs=[CPUMixedPrecision(init_scale=2.0**10), sam, inject])
+    fit_quietly(learn, 1, 0.5)
     for p, w in zip(learn.model.parameters(), w0):
         assert torch.equal(p.detach(), w)  # not moved, not even by the perturbation
     assert inject.scales_seen == [2.0**10]
@@ -273,16 +237,16 @@ def test_overflowing_step_is_skipped_and_weights_stay(which):
     assert len(forwards) == n_train_forwards + 1  # + one validation batch
     # the next fit's step is not skipped (only batch 0 of the first fit overflowed)
     inject.batches = ()
-    _fit(learn, 1, 0.5)
+    fit_quietly(learn, 1, 0.5)
     assert any(not torch.equal(p.detach(), w) for p, w in zip(learn.model.parameters(), w0))
 
 
 def test_overflow_makes_the_scaler_back_off():
-    x, y = _data(32)
+    x, y = toy_data(32)
     inject = InjectInf(2, batches=(0,))
     cbs = [CPUMixedPrecision(init_scale=2.0**10), SAMCallback(rho=0.2), inject]
-    learn = _learner(_model(), x, y, bs=16, cbs=cbs)
-    _fit(learn, 1, 0.5)
+    learn = tiny_learner(_model(), x, y, bs=16, cbs=cbs)
+    fit_quietly(learn, 1, 0.5)
     # batch 0's second pass overflowed -> scale halved for batch 1
     assert inject.scales_seen == [2.0**10, 2.0**9]
 
@@ -290,12 +254,12 @@ def test_overflow_makes_the_scaler_back_off():
 # --- CUDA: the real learn.to_fp16() -------------------------------------------------------------
 @pytest.mark.cuda
 def test_cuda_fp16_sam_matches_fp32_within_tolerance():
-    x, y = _data(64)
+    x, y = toy_data(64)
     model = _model()
-    ref = _learner(copy.deepcopy(model), x, y, bs=16, cbs=[SAMCallback(rho=0.1)], device="cuda")
-    _fit(ref, 2, 0.3)
-    learn = _learner(model, x, y, bs=16, cbs=[SAMCallback(rho=0.1)], device="cuda").to_fp16()
-    _fit(learn, 2, 0.3)
+    ref = tiny_learner(copy.deepcopy(model), x, y, bs=16, cbs=[SAMCallback(rho=0.1)], device="cuda")
+    fit_quietly(ref, 2, 0.3)
+    learn = tiny_learner(model, x, y, bs=16, cbs=[SAMCallback(rho=0.1)], device="cuda").to_fp16()
+    fit_quietly(learn, 2, 0.3)
     for p, q in zip(learn.model.parameters(), ref.model.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=2e-2, atol=3e-3)
 
@@ -303,13 +267,13 @@ def test_cuda_fp16_sam_matches_fp32_within_tolerance():
 @pytest.mark.cuda
 @pytest.mark.parametrize("which", [1, 2], ids=["first_pass_inf", "second_pass_inf"])
 def test_cuda_fp16_injected_inf_gradient_leaves_weights_unchanged(which):
-    x, y = _data(32)
+    x, y = toy_data(32)
     model = _model().cuda()
     w0 = [p.detach().clone() for p in model.parameters()]
     inject = InjectInf(which, batches=(0,))
-    learn = _learner(model, x, y, bs=32, cbs=[SAMCallback(rho=0.2), inject], device="cuda")
+    learn = tiny_learner(model, x, y, bs=32, cbs=[SAMCallback(rho=0.2), inject], device="cuda")
     learn.to_fp16()
-    _fit(learn, 1, 0.5)
+    fit_quietly(learn, 1, 0.5)
     for p, w in zip(learn.model.parameters(), w0):
         assert torch.equal(p.detach(), w)
 
@@ -329,8 +293,8 @@ def _every_optimizer() -> list[tuple[str, bool]]:
 def test_sam_with_every_optimizer_lowers_the_loss(name, adaptive):
     from fasttricks.optim import get_optimizer
 
-    x, y = _data(256, seed=4)
-    vx, vy = _data(64, seed=5)
+    x, y = toy_data(256, seed=4)
+    vx, vy = toy_data(64, seed=5)
     learn = Learner(
         DataLoaders(
             DataLoader(list(zip(x, y)), bs=16, shuffle=False),
@@ -351,7 +315,7 @@ def test_sam_with_every_optimizer_lowers_the_loss(name, adaptive):
 def test_sam_with_loss_filter_uses_the_kept_samples_in_both_passes():
     from fasttricks.callbacks import BatchLossFilterCallback, loss_filter_mask
 
-    x, y = _data(16, seed=6)
+    x, y = toy_data(16, seed=6)
     model = _model(seed=6)
     lr, rho, perc = 0.5, 0.2, 0.5
     with torch.no_grad():
@@ -359,8 +323,8 @@ def test_sam_with_loss_filter_uses_the_kept_samples_in_both_passes():
     assert 1 < int(keep.sum()) < 16
     expected, _ = _sam_by_hand(model, x[keep], y[keep], lr, rho, adaptive=False)
     cbs = [BatchLossFilterCallback(perc), SAMCallback(rho=rho)]
-    learn = _learner(model, x, y, bs=16, cbs=cbs)
-    _fit(learn, 1, lr)
+    learn = tiny_learner(model, x, y, bs=16, cbs=cbs)
+    fit_quietly(learn, 1, lr)
     for p, w in zip(learn.model.parameters(), expected):
         torch.testing.assert_close(p.detach(), w, rtol=1e-5, atol=1e-6)
     assert learn.loss_func.reduction == "mean"

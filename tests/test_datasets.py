@@ -47,6 +47,7 @@ def test_digits_splits_partition_the_data_stratified_and_fixed_by_seed():
     assert not np.array_equal(load_dataset("digits", seed=1).test.y, s.test.y)
 
 
+@pytest.mark.slow
 def test_mnist1d_is_the_standard_split_cached_and_leaves_global_rngs_alone(tmp_path, monkeypatch):
     from mnist1d.data import get_dataset_args, make_dataset
 
@@ -114,6 +115,40 @@ def test_unknown_dataset_and_argument_are_rejected_with_closest_match():
         load_dataset("longtail", imbalanse=3)
     with pytest.raises(ValueError, match="valid_pct \\+ test_pct must be below 1"):
         load_dataset("digits", valid_pct=0.5, test_pct=0.5)
+
+
+def test_registered_datasets_and_models_are_usable_from_a_recipe():
+    from fasttricks.datasets import DATASETS, list_datasets, register_dataset
+    from fasttricks.models import MODELS, model_input_kind, register_model
+
+    def halves(n_samples: int = 60, seed: int = 0):
+        return datasets.synthetic(n_samples=n_samples, seed=seed)
+
+    def linear(n_in: int, n_out: int, bias: bool = True):
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n_in, n_out, bias=bias))
+
+    register_dataset("halves_test", halves)
+    register_model("linear_test", linear, "features")
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset("halves_test", halves)
+        register_dataset("halves_test", halves, overwrite=True)
+        assert list_datasets("halves*") == ["halves_test"]
+        assert model_input_kind("linear_test") == "features"
+        with pytest.raises(KeyError, match="Did you mean 'features'"):
+            register_model("linear_bad", linear, "feature")
+        recipe = load_recipe({"data": {"name": "halves_test", "n_samples": "2e2"},
+                              "model": {"name": "linear_test", "bias": False},
+                              "schedule": {"epochs": 1}})
+        assert recipe["data"]["n_samples"] == 200 and recipe["model"]["bias"] is False
+        with pytest.raises(KeyError, match="Did you mean 'n_samples'"):
+            load_recipe(recipe, ["data.n_sample=10"])
+        learn = build_learner(recipe)
+        sp = learn.dls.splits
+        assert learn.model[1].bias is None and len(sp.train) + len(sp.valid) + len(sp.test) == 200
+    finally:
+        DATASETS._entries.pop("halves_test", None)
+        MODELS._entries.pop("linear_test", None)
 
 
 def test_split_rejects_mismatched_lengths():

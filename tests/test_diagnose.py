@@ -256,10 +256,17 @@ def test_seed_variance_statistics_match_numpy_over_real_runs(digits_recipe):
     assert test_loss.std == 0.0
 
 
-def test_seed_summary_is_the_one_train_uses():
-    import fasttricks.train
+def test_seed_summary_is_the_one_summary_the_seed_runs_use(monkeypatch):
+    import fasttricks._stats
+    from fasttricks.recipes import run_seeds
 
-    assert fasttricks.train.seed_summary is seed_summary
+    assert seed_summary([0.9, 0.92]) == fasttricks._stats.summarize([0.9, 0.92])
+    calls = []
+    monkeypatch.setattr(fasttricks._stats, "summarize",
+                        lambda values: calls.append(list(values)) or {"n": len(calls)})
+    table, summary = run_seeds({"data": "synthetic", "model": "mlp", "schedule": {"epochs": 1}},
+                               2, out_dir=None, progress=False)
+    assert calls == [list(table["test_accuracy"]), list(table["test_loss"])]
     s = seed_summary([0.9, 0.92, 0.95, 0.91])
     assert s["std"] == pytest.approx(np.std([0.9, 0.92, 0.95, 0.91], ddof=1))
     assert s["stderr"] == pytest.approx(s["std"] / 2)

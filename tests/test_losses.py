@@ -748,6 +748,22 @@ def test_registry_lists_the_contract_names():
     assert list_losses("*focal") == ["focal", "multilabel_focal"]
 
 
+def test_register_loss_refuses_a_taken_name_unless_overwrite():
+    from fasttricks.losses import LOSSES, LossConfig, register_loss
+
+    config = LossConfig(FocalLoss, False, "focal under another name")
+    register_loss("Focal_Test", config)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_loss("focal_test", config)
+        register_loss("focal_test", config, overwrite=True)
+        assert type(get_loss("FOCAL_TEST", gamma=1.0)) is FocalLoss
+        with pytest.raises(TypeError, match="LossConfig"):
+            register_loss("focal_bad", FocalLoss)
+    finally:
+        LOSSES._entries.pop("focal_test", None)
+
+
 @pytest.mark.parametrize(
     "name,cls",
     [("cross_entropy", CrossEntropyLoss), ("focal", FocalLoss), ("bce", BCEWithLogitsLoss),

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import os
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +13,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
+from conftest import tiny_recipe
 
 from fasttricks.recipes import (
     build_dataloaders,
@@ -30,20 +30,6 @@ from fasttricks.recipes import (
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 SHIPPED = [p for p in RECIPES if not p.name.endswith(".space.yaml")]
-
-
-def tiny(**changes) -> dict:
-    """A small, fast synthetic recipe; ``changes`` are dotted overrides."""
-    recipe = {
-        "name": "tiny",
-        "data": {"name": "synthetic", "n_samples": 300, "bs": 32},
-        "model": {"name": "mlp", "hidden": [16]},
-        "optimizer": {"name": "adamw", "lr": 1e-2},
-        "schedule": {"epochs": 2},
-        "metrics": ["accuracy"],
-        "seed": 0,
-    }
-    return load_recipe(recipe, changes)
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -136,7 +122,7 @@ def test_unknown_optimizer_override_is_rejected_with_closest_match():
 )
 def test_wrong_type_names_the_dotted_path_and_echoes_the_value(path, value, expected):
     with pytest.raises(TypeError) as err:
-        tiny(**{path: value})
+        tiny_recipe(**{path: value})
     msg = str(err.value)
     assert f"'{path}'" in msg and repr(value) in msg and expected in msg
 
@@ -154,7 +140,7 @@ def test_wrong_type_names_the_dotted_path_and_echoes_the_value(path, value, expe
 )
 def test_unknown_names_list_known_ones_and_closest(path, value, known, closest):
     with pytest.raises(KeyError) as err:
-        tiny(**{path: value})
+        tiny_recipe(**{path: value})
     msg = str(err.value)
     assert repr(value if not isinstance(value, list) else value[0]) in msg
     assert f"'{known}'" in msg and f"Did you mean '{closest}'?" in msg
@@ -162,9 +148,9 @@ def test_unknown_names_list_known_ones_and_closest(path, value, known, closest):
 
 def test_unknown_callback_and_bad_callback_option_fail_before_training():
     with pytest.raises(KeyError, match="Did you mean 'ema'"):
-        tiny(callbacks=[{"name": "emma"}])
+        tiny_recipe(callbacks=[{"name": "emma"}])
     with pytest.raises(TypeError, match="decay"):
-        tiny(callbacks=[{"name": "ema", "decayy": 0.9}])
+        tiny_recipe(callbacks=[{"name": "ema", "decayy": 0.9}])
 
 
 @pytest.mark.parametrize(
@@ -179,7 +165,7 @@ def test_unknown_callback_and_bad_callback_option_fail_before_training():
 )
 def test_out_of_range_values_raise_value_error_with_path_and_value(path, value, fragment):
     with pytest.raises(ValueError) as err:
-        tiny(**{path: value})
+        tiny_recipe(**{path: value})
     assert fragment in str(err.value)
 
 
@@ -217,7 +203,7 @@ def test_override_of_a_list_and_a_mapping_of_overrides():
 
 
 def test_callbacks_can_be_overridden_by_name_or_position():
-    r = tiny(callbacks=[{"name": "ema", "decay": 0.9}])
+    r = tiny_recipe(callbacks=[{"name": "ema", "decay": 0.9}])
     assert load_recipe(r, ["callbacks.ema.decay=0.99"])["callbacks"][0]["decay"] == 0.99
     assert load_recipe(r, ["callbacks.0.decay=0.5"])["callbacks"][0]["decay"] == 0.5
 
@@ -232,7 +218,7 @@ def test_bad_override_keys_and_syntax_are_rejected():
 
 
 def test_set_in_recipe_returns_a_changed_copy_and_rejects_unknown_paths():
-    r = tiny()
+    r = tiny_recipe()
     r2 = set_in_recipe(r, "optimizer.lr", "3e-3")
     assert r2["optimizer"]["lr"] == 3e-3 and r["optimizer"]["lr"] == 1e-2
     with pytest.raises(KeyError, match="schedule.warmup"):
@@ -242,9 +228,9 @@ def test_set_in_recipe_returns_a_changed_copy_and_rejects_unknown_paths():
 
 
 def test_primary_metric_and_its_direction():
-    assert primary_metric(tiny()) == ("accuracy", "maximize")
-    assert primary_metric(tiny(metrics=["error_rate"])) == ("error_rate", "minimize")
-    assert primary_metric(tiny(metrics=[])) == ("valid_loss", "minimize")
+    assert primary_metric(tiny_recipe()) == ("accuracy", "maximize")
+    assert primary_metric(tiny_recipe(metrics=["error_rate"])) == ("error_rate", "minimize")
+    assert primary_metric(tiny_recipe(metrics=[])) == ("valid_loss", "minimize")
 
 
 # ---------------------------------------------------------------------------------- learners
@@ -253,7 +239,7 @@ def test_primary_metric_and_its_direction():
 def test_build_learner_wires_the_recipe():
     from fastai.callback.fp16 import MixedPrecision
 
-    learn = build_learner(tiny(callbacks=[{"name": "ema", "decay": 0.9}]))
+    learn = build_learner(tiny_recipe(callbacks=[{"name": "ema", "decay": 0.9}]))
     assert learn.recipe["name"] == "tiny"
     assert [m.name for m in learn.metrics] == ["accuracy"]
     assert any(type(cb).__name__ == "EMACallback" for cb in learn.cbs)
@@ -263,7 +249,7 @@ def test_build_learner_wires_the_recipe():
 
 
 def test_evaluate_matches_an_independent_accuracy_on_the_test_split():
-    learn = build_learner(tiny())
+    learn = build_learner(tiny_recipe())
     fit_learner(learn)
     res = evaluate(learn, ds_idx=2)
     test = learn.dls.splits.test
@@ -277,7 +263,7 @@ def test_evaluate_matches_an_independent_accuracy_on_the_test_split():
 
 
 def test_get_preds_on_loader_2_follows_the_test_split_order_and_predict_decodes_names():
-    learn = build_learner(tiny())
+    learn = build_learner(tiny_recipe())
     fit_learner(learn)
     preds, targs = learn.get_preds(ds_idx=2)
     test = learn.dls.splits.test
@@ -293,7 +279,7 @@ def _cos(start: float, end: float, pos: float) -> float:
 
 
 def test_flat_cos_schedule_keeps_lr_flat_then_anneals_to_lr_over_div_final():
-    learn = build_learner(tiny(**{"schedule.div_final": 100.0, "schedule.epochs": 4}))
+    learn = build_learner(tiny_recipe(**{"schedule.div_final": 100.0, "schedule.epochs": 4}))
     fit_learner(learn)
     lrs = np.asarray(learn.recorder.lrs)
     n = len(lrs)
@@ -304,7 +290,7 @@ def test_flat_cos_schedule_keeps_lr_flat_then_anneals_to_lr_over_div_final():
 
 
 def test_one_cycle_schedule_warms_up_from_lr_over_div_then_anneals():
-    learn = build_learner(tiny(**{"schedule.fit": "one_cycle", "schedule.div": 10.0,
+    learn = build_learner(tiny_recipe(**{"schedule.fit": "one_cycle", "schedule.div": 10.0,
                                   "schedule.epochs": 4}))
     fit_learner(learn)
     lrs = np.asarray(learn.recorder.lrs)
@@ -316,9 +302,9 @@ def test_one_cycle_schedule_warms_up_from_lr_over_div_then_anneals():
 
 
 def test_same_seed_gives_the_same_metric_and_another_seed_does_not():
-    a = run_recipe(tiny(), progress=False)
-    b = run_recipe(tiny(), progress=False)
-    c = run_recipe(tiny(seed=1), progress=False)
+    a = run_recipe(tiny_recipe(), progress=False)
+    b = run_recipe(tiny_recipe(), progress=False)
+    c = run_recipe(tiny_recipe(seed=1), progress=False)
     assert a.test == b.test
     pd.testing.assert_frame_equal(a.history.drop(columns=["seconds", "timestamp"]),
                                   b.history.drop(columns=["seconds", "timestamp"]))
@@ -328,7 +314,7 @@ def test_same_seed_gives_the_same_metric_and_another_seed_does_not():
 def test_build_dataloaders_uses_the_given_splits_and_keeps_test_unshuffled():
     from fasttricks.datasets import load_dataset
 
-    recipe = tiny()
+    recipe = tiny_recipe()
     splits = load_dataset("synthetic", n_samples=300)
     folds = splits.resplit(np.arange(0, 150), np.arange(150, len(splits.pool())))
     dls = build_dataloaders(recipe, splits=folds)
@@ -378,7 +364,7 @@ def test_weighted_sampler_draws_classes_with_inverse_frequency():
 
 
 def test_retrain_at_best_retrains_from_scratch_for_best_epoch_plus_one(tmp_cwd):
-    recipe = tiny(**{"retrain_at_best": True, "schedule.epochs": 5, "optimizer.lr": 3e-2})
+    recipe = tiny_recipe(**{"retrain_at_best": True, "schedule.epochs": 5, "optimizer.lr": 3e-2})
     result = run_recipe(recipe, out_dir="runs", progress=False)
     best = result.extra["save_best"]
     first = pd.DataFrame(best["history"])
@@ -399,7 +385,7 @@ def test_fp16_auto_is_off_without_cuda():
     from fastai.callback.fp16 import MixedPrecision
 
     for flag in ("auto", True):
-        learn = build_learner(tiny(fp16=flag))
+        learn = build_learner(tiny_recipe(fp16=flag))
         assert not any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
 
 
@@ -418,6 +404,7 @@ def test_fp16_auto_is_on_with_cuda_and_channels_last_for_conv_nets():
     assert not any(isinstance(cb, MixedPrecision) for cb in off.cbs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_shipped_recipe_runs_one_short_epoch(path):
     result = run_recipe(load_recipe(path, ["schedule.epochs=1"]), progress=False)
@@ -430,7 +417,7 @@ def test_every_shipped_recipe_runs_one_short_epoch(path):
 
 
 def test_run_folder_holds_config_metrics_model_and_curves(tmp_cwd):
-    recipe = tiny(**{"schedule.epochs": 3})
+    recipe = tiny_recipe(**{"schedule.epochs": 3})
     result = run_recipe(recipe, out_dir="runs", progress=False)
     run = tmp_cwd / "runs" / "tiny"
     assert result.out_dir == Path("runs") / "tiny"
@@ -453,55 +440,62 @@ def test_run_folder_holds_config_metrics_model_and_curves(tmp_cwd):
 
 
 def test_an_interrupted_write_leaves_no_half_written_file(tmp_path, monkeypatch):
-    import fasttricks.train as train
+    import fasttricks.runs as runs
+    from fasttricks._io import atomic_path
 
-    result = run_recipe(tiny(), progress=False)
+    result = run_recipe(tiny_recipe(), progress=False)
     run = tmp_path / "run"
 
     def broken_plot(history, metric, path):
-        with train.atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             tmp.write_bytes(b"\x89PNG half")
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "plot_history", broken_plot)
+    monkeypatch.setattr(runs, "plot_history", broken_plot)
     with pytest.raises(KeyboardInterrupt):
-        train.write_run(result, run)
+        runs.write_run(result, run)
     names = sorted(p.name for p in run.iterdir())
     assert names == ["metrics.csv", "model.pth", "recipe.yaml"]  # complete files only
     assert torch.load(run / "model.pth").keys() == result.learn.model.state_dict().keys()
 
 
-def _cli(args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    return subprocess.run([sys.executable, "-m", "fasttricks.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+def _cli(args, cwd, capsys, monkeypatch):
+    """``python -m fasttricks.train ARGS`` in-process in ``cwd``: (exit code, stdout, stderr)."""
+    from fasttricks.train import main
+
+    monkeypatch.chdir(cwd)
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_cli_trains_writes_the_run_and_prints_one_summary_line(tmp_path):
+def test_cli_trains_writes_the_run_and_prints_one_summary_line(tmp_path, capsys, monkeypatch):
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(tiny()))
-    out = _cli([str(recipe), "--set", "schedule.epochs=2", "--set", "optimizer.lr=5e-3",
-                "--no-progress", "--threads", "1"], tmp_path)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.strip().splitlines()
+    recipe.write_text(yaml.safe_dump(tiny_recipe()))
+    code, stdout, stderr = _cli([recipe, "--set", "schedule.epochs=2", "--set",
+                                 "optimizer.lr=5e-3", "--no-progress", "--threads", "1"],
+                                tmp_path, capsys, monkeypatch)
+    assert code == 0, stderr
+    lines = stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tiny (seed 0): test accuracy ")
     saved = load_recipe(tmp_path / "runs" / "tiny" / "recipe.yaml")
     assert saved["optimizer"]["lr"] == 5e-3 and saved["schedule"]["epochs"] == 2
 
 
-def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path):
+def test_cli_reports_a_bad_recipe_without_a_traceback(tmp_path, capsys, monkeypatch):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("data: {name: synthetic}\nmodel: {name: mlp}\nschedule: {epoch: 3}\n")
-    out = _cli([str(recipe)], tmp_path)
-    assert out.returncode == 2
-    assert "schedule.epoch" in out.stderr and "Traceback" not in out.stderr
+    code, _, stderr = _cli([recipe], tmp_path, capsys, monkeypatch)
+    assert code == 2
+    assert "schedule.epoch" in stderr and "Traceback" not in stderr
 
 
-def test_cli_seeds_report_mean_std_and_standard_error(tmp_path):
+def test_cli_seeds_report_mean_std_and_standard_error(tmp_path, capsys, monkeypatch):
     recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(yaml.safe_dump(tiny()))
-    out = _cli([str(recipe), "--seeds", "2", "--no-progress", "--threads", "1"], tmp_path)
-    assert out.returncode == 0, out.stderr
+    recipe.write_text(yaml.safe_dump(tiny_recipe()))
+    code, stdout, stderr = _cli([recipe, "--seeds", "2", "--no-progress", "--threads", "1"],
+                                tmp_path, capsys, monkeypatch)
+    assert code == 0, stderr
     base = tmp_path / "runs" / "tiny"
     assert sorted(p.name for p in base.glob("seed_*")) == ["seed_0", "seed_1"]
     table = pd.read_csv(base / "seeds.csv")
@@ -512,9 +506,10 @@ def test_cli_seeds_report_mean_std_and_standard_error(tmp_path):
     assert summary["test"]["mean"] == pytest.approx(mean)
     assert summary["test"]["std"] == pytest.approx(std)
     assert summary["test"]["stderr"] == pytest.approx(std / math.sqrt(2))
-    assert "over 2 seeds: mean" in out.stdout.strip().splitlines()[-1]
+    assert "over 2 seeds: mean" in stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_timm_model_from_a_recipe_trains_with_body_and_head_groups():
     from fasttricks.lr import fine_tune_staged
 
@@ -530,3 +525,232 @@ def test_timm_model_from_a_recipe_trains_with_body_and_head_groups():
     assert stages[0]["trainable"] == [False, True]
     np.testing.assert_allclose(stages[1]["lrs"], [1e-5, 5e-4])
     assert math.isfinite(evaluate(learn)["loss"])
+
+
+# ---------------------------------------------------------------------------------- validated once
+
+
+def test_load_recipe_returns_a_read_only_recipe_and_a_recipe_is_a_fixed_point():
+    from fasttricks.recipes import Recipe
+
+    r = tiny_recipe(callbacks=[{"name": "ema", "decay": 0.9}])
+    assert isinstance(r, Recipe)
+    assert load_recipe(r) is r and load_recipe(r, []) is r and load_recipe(r, {}) is r
+    assert r["optimizer"]["lr"] == 1e-2  # nested sections still read like dicts
+    for write in (lambda: r.__setitem__("seed", 1),
+                  lambda: r["optimizer"].__setitem__("lr", 1.0),
+                  lambda: r["optimizer"].update(lr=1.0),
+                  lambda: r["callbacks"].append({"name": "sam"}),
+                  lambda: r["callbacks"][0].__setitem__("decay", 0.5),
+                  lambda: r["metrics"].__setitem__(0, "error_rate")):
+        with pytest.raises(TypeError, match="read-only.*set_in_recipe"):
+            write()
+    assert r["optimizer"]["lr"] == 1e-2 and r["callbacks"] == [{"name": "ema", "decay": 0.9}]
+    r2 = set_in_recipe(r, "optimizer.lr", 3e-3)
+    assert isinstance(r2, Recipe) and r2["optimizer"]["lr"] == 3e-3 and r2 is not r
+
+
+def test_a_recipe_round_trips_through_yaml_json_pickle_and_copies():
+    import copy
+    import pickle
+
+    from fasttricks.recipes import Recipe, recipe_to_dict
+
+    r = tiny_recipe(callbacks=[{"name": "ema", "decay": 0.9}])
+    plain = recipe_to_dict(r)
+    assert type(plain) is dict and type(plain["callbacks"]) is list and plain == r
+    plain["optimizer"]["lr"] = 5.0  # the plain copy is mutable and independent
+    assert r["optimizer"]["lr"] == 1e-2
+    assert yaml.safe_load(yaml.safe_dump(r)) == r
+    assert json.loads(json.dumps(r)) == r
+    back = pickle.loads(pickle.dumps(r))
+    assert isinstance(back, Recipe) and back == r
+    assert copy.deepcopy(r) is r and copy.copy(r) is r
+
+
+def test_mapping_overrides_are_all_applied_in_one_validation(monkeypatch):
+    import fasttricks.recipes._schema as schema
+
+    base = tiny_recipe()
+    calls = []
+    real = schema._validate
+    monkeypatch.setattr(schema, "_validate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    r = load_recipe(base, {"optimizer.lr": 3e-3, "schedule.epochs": 4, "seed": 3,
+                           "loss.label_smoothing": 0.1})
+    assert len(calls) == 1
+    assert (r["optimizer"]["lr"], r["schedule"]["epochs"], r["seed"]) == (3e-3, 4, 3)
+    assert r["loss"]["label_smoothing"] == 0.1
+
+
+def _count_validations_and_optimizer_builds(monkeypatch):
+    import fasttricks.optim
+    import fasttricks.recipes._schema as schema
+
+    counts = {"validate": 0, "get_optimizer": 0}
+    real_validate, real_get = schema._validate, fasttricks.optim.get_optimizer
+
+    def validate(*args, **kwargs):
+        counts["validate"] += 1
+        return real_validate(*args, **kwargs)
+
+    def get_optimizer(*args, **kwargs):
+        counts["get_optimizer"] += 1
+        return real_get(*args, **kwargs)
+
+    monkeypatch.setattr(schema, "_validate", validate)
+    monkeypatch.setattr(fasttricks.optim, "get_optimizer", get_optimizer)
+    return counts
+
+
+def test_one_run_validates_the_recipe_once_and_builds_the_optimizer_once(tmp_path, monkeypatch):
+    raw = {"name": "tiny", "data": {"name": "synthetic", "n_samples": 300, "bs": 32},
+           "model": {"name": "mlp", "hidden": [16]},
+           "optimizer": {"name": "ranger", "lr": 1e-2, "eps": 1e-6},
+           "schedule": {"epochs": 1}, "callbacks": [{"name": "ema", "decay": 0.9}]}
+    counts = _count_validations_and_optimizer_builds(monkeypatch)
+    result = run_recipe(raw, out_dir=tmp_path / "runs", progress=False)
+    assert counts == {"validate": 1, "get_optimizer": 1}
+    assert (tmp_path / "runs" / "tiny" / "summary.json").is_file()
+    assert math.isfinite(result.test["loss"])
+
+
+def test_one_train_command_validates_the_recipe_once(tmp_path, capsys, monkeypatch):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe()))
+    counts = _count_validations_and_optimizer_builds(monkeypatch)
+    code, _, stderr = _cli([recipe, "--set", "schedule.epochs=1", "--set", "optimizer.lr=5e-3",
+                            "--no-save", "--no-progress"], tmp_path, capsys, monkeypatch)
+    assert code == 0, stderr
+    assert counts == {"validate": 1, "get_optimizer": 1}
+
+
+def test_validation_constructs_no_callback(monkeypatch):
+    from fasttricks.callbacks import EMACallback, SAMCallback
+
+    built = []
+
+    def counting(init):
+        @functools.wraps(init)  # keeps the signature the schema reads
+        def wrapper(self, *args, **kwargs):
+            built.append(type(self).__name__)
+            init(self, *args, **kwargs)
+
+        return wrapper
+
+    for cls in (EMACallback, SAMCallback):
+        monkeypatch.setattr(cls, "__init__", counting(cls.__init__))
+    r = tiny_recipe(callbacks=[{"name": "ema", "decay": "0.9"}, {"name": "sam", "rho": 0.1}])
+    assert built == []
+    assert r["callbacks"][0]["decay"] == 0.9  # coerced to the default's type
+    learn = build_learner(r)
+    assert len(built) == 2 and next(c for c in learn.cbs if isinstance(c, EMACallback)).decay == 0.9
+
+
+def test_callback_value_out_of_range_fails_in_the_builder_naming_the_key():
+    from fasttricks.recipes import RecipeError
+
+    r = tiny_recipe(callbacks=[{"name": "ema", "decay": 2.0}])
+    with pytest.raises(RecipeError, match=r"'callbacks.ema'.*decay must be .*got 2.0"):
+        build_learner(r)
+
+
+def test_the_learning_rate_is_the_recipes_and_fastai_gets_it_as_learn_lr():
+    learn = build_learner(tiny_recipe(**{"optimizer.lr": 4e-3, "schedule.epochs": 1}))
+    assert learn.lr == 4e-3
+    fit_learner(learn)
+    assert max(learn.recorder.lrs) == pytest.approx(4e-3)
+    other = tiny_recipe(**{"optimizer.lr": 2e-3, "schedule.epochs": 1})
+    fit_learner(learn, other)  # an explicit recipe brings its own learning rate
+    assert learn.lr == 2e-3 and max(learn.recorder.lrs) == pytest.approx(2e-3)
+
+
+# ---------------------------------------------------------------------------------- loss options
+
+
+@pytest.mark.parametrize(
+    "overrides, path, closest",
+    [
+        (["loss.name=focal", "loss.gama=2"], "loss.gama", "gamma"),
+        (["loss.name=asl", "loss.clipp=0.1"], "loss.clipp", "clip"),
+        (["callbacks=[ema]", "callbacks.ema.decayy=0.9"], "callbacks.ema.decayy", "decay"),
+        (["callbacks=[{name: sam, rh: 0.1}]"], "callbacks.sam.rh", "rho"),
+    ],
+)
+def test_loss_and_callback_options_are_checked_at_load_time(overrides, path, closest):
+    with pytest.raises(KeyError) as err:
+        load_recipe(ROOT / "recipes" / "digits.yaml", overrides)
+    msg = str(err.value)
+    assert f"'{path}'" in msg and "allowed keys" in msg and f"Did you mean '{closest}'?" in msg
+    assert isinstance(err.value, TypeError)  # also the unexpected keyword argument it would be
+
+
+def test_loss_options_are_coerced_and_class_weight_names_kept():
+    r = tiny_recipe(**{"loss.name": "focal", "loss.gamma": "1e0", "loss.alpha": "sqrt_inv"})
+    assert r["loss"] == {"name": "focal", "gamma": 1.0, "alpha": "sqrt_inv"}
+    with pytest.raises(TypeError, match="'loss.gamma' must be a number"):
+        tiny_recipe(**{"loss.name": "focal", "loss.gamma": "big"})
+    learn = build_learner(r)
+    assert learn.loss_func.gamma == 1.0
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--set", "loss.name=focal", "--set", "loss.gama=2"], ["'loss.gama'", "'gamma'"]),
+        (["--set", "callbacks=[ema]", "--set", "callbacks.ema.decayy=0.9"],
+         ["'callbacks.ema.decayy'", "'decay'"]),
+        (["--set", "optimizer.lr=-1"], ["'optimizer.lr' must be > 0"]),
+        (["--set", "callbacks=[{name: ema, decay: 2}]", "--no-save"],
+         ["'callbacks.ema'", "decay must be"]),
+        (["--set", "model={name: cnn1d}", "--no-save"], ["conv net", "use model 'mlp'"]),
+    ],
+)
+def test_cli_prints_one_error_line_for_every_recipe_error(tmp_path, capsys, monkeypatch, args,
+                                                         fragments):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe()))
+    code, stdout, stderr = _cli([recipe, *args, "--no-progress"], tmp_path, capsys, monkeypatch)
+    assert code == 2 and stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert all(f in lines[0] for f in fragments), lines[0]
+    assert "Traceback" not in stderr
+
+
+def test_cli_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe()))
+    with pytest.raises(KeyError, match="loss.gama"):
+        _cli([recipe, "--set", "loss.name=focal", "--set", "loss.gama=2", "--debug"], tmp_path,
+             capsys, monkeypatch)
+
+
+# ---------------------------------------------------------------------------------- direction
+
+
+def test_error_rate_first_is_minimized_by_primary_metric_save_best_and_the_run_folder(tmp_cwd):
+    recipe = tiny_recipe(**{"metrics": ["error_rate", "accuracy"], "retrain_at_best": True,
+                            "schedule.epochs": 5, "optimizer.lr": 3e-2})
+    assert primary_metric(recipe) == ("error_rate", "minimize")
+    result = run_recipe(recipe, out_dir="runs", progress=False)
+    best = result.extra["save_best"]
+    errors = pd.DataFrame(best["history"])["error_rate"].to_numpy()
+    assert best["monitor"] == "error_rate"
+    assert best["best_epoch"] == int(errors.argmin())  # the lowest error, first one on ties
+    assert best["best_value"] == pytest.approx(errors.min())
+    summary = json.loads((tmp_cwd / "runs" / "tiny" / "summary.json").read_text())
+    assert summary["primary_metric"] == "error_rate" and summary["direction"] == "minimize"
+
+
+def test_save_best_and_primary_metric_follow_the_metrics_registry():
+    from fasttricks.callbacks import SaveBestCallback
+    from fasttricks.metrics import METRICS, MetricSpec, register_metric
+
+    # a lower-is-better metric whose name says neither "loss" nor "error"
+    register_metric("brier", MetricSpec(lambda: None, lower_is_better=True))
+    try:
+        assert SaveBestCallback(monitor="brier").lower_is_better
+        assert not SaveBestCallback(monitor="accuracy").lower_is_better
+        assert primary_metric({"metrics": ["brier"]}) == ("brier", "minimize")
+    finally:
+        METRICS._entries.pop("brier", None)

@@ -31,8 +31,8 @@ class SaveBestCallback(Callback):
 
     The direction comes from :func:`fasttricks.metrics.lower_is_better`: registered metrics
     know theirs (``error_rate`` is minimized); any other name containing ``loss`` or ``error``
-    is better when lower, anything else when higher (fastai's tracker rule). An epoch counts as better when
-    it beats the best so far by more than ``min_delta``. The checkpoint goes to
+    is better when lower, anything else when higher (fastai's tracker rule). An epoch counts
+    as better when it beats the best so far by more than ``min_delta``. The checkpoint goes to
     ``learn.path/learn.model_dir/{fname}.pth`` in fastai's ``learn.save`` format (so
     ``learn.load(fname)`` reads it), written atomically. With an :class:`EMACallback` on the
     learner, the EMA writes its state beside it as ``{fname}_ema.pth`` after each save
