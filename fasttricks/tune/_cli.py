@@ -211,17 +211,20 @@ def _interrupted_message(prepared: Any) -> str:
             f"{prepared.out_dir}/; re-run the same command to resume")
 
 
-def _fail(args: argparse.Namespace, err: BaseException, code: int) -> int:
+def _fail(args: argparse.Namespace, err: BaseException, code: int,
+          expected: bool = True) -> int:
+    """Print ``err`` as one ``error: ...`` line (``--debug`` re-raises it) and return ``code``.
+
+    ``expected=False`` marks an error nobody anticipated: its type is named, and the line says
+    how to see the traceback.
+    """
     if args.debug:
         raise err
     message = err.args[0] if isinstance(err, KeyError) and err.args else err
-    if isinstance(err, _InputError) or code == 2 or isinstance(message, str):
-        text = str(message)
-    else:
-        text = f"{type(err).__name__}: {message}"
-    text = " ".join(text.split()) or type(err).__name__
-    print(f"error: {text}" + ("" if code == 2 else " (--debug shows the traceback)"),
-          file=sys.stderr)
+    text = " ".join(str(message).split()) or type(err).__name__
+    if not expected:
+        text = f"{type(err).__name__}: {text} (--debug shows the traceback)"
+    print(f"error: {text}", file=sys.stderr)
     return code
 
 
@@ -267,5 +270,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return _fail(args, err, 1)
     except Exception as err:  # noqa: BLE001  one line, not a traceback (--debug shows it)
-        return _fail(args, err, 1)
+        return _fail(args, err, 1, expected=False)
     return 0

@@ -510,7 +510,8 @@ def run_study(prepared: PreparedStudy) -> Any:
     import optuna
 
     _announce(prepared)
-    with optuna_log_level(optuna.logging.WARNING if prepared.options.progress else None):
+    # Our progress line reports a failed trial; Optuna's warning would add a traceback.
+    with optuna_log_level(optuna.logging.ERROR if prepared.options.progress else None):
         try:
             if prepared.options.uses_workers:
                 _run_workers(prepared)
