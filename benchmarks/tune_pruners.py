@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from optuna.trial import TrialState
 
     from fasttricks.tune import best_recipe, load_space, tune
-    from fasttricks.tune._pruners import describe_pruner
+    from fasttricks.tune import plan_pruner
 
     recipe = bench_recipe(args.epochs)
     space = load_space(SPACE)
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     best_so_far = max(best_so_far, float(trial.value))
                 curve.append([spent, best_so_far if best_so_far > float("-inf") else None])
             results[name] = {
-                "plan": describe_pruner(study.pruner),
+                "plan": plan_pruner(name, recipe, n_trials=args.trials).describe(),
                 "best_valid_accuracy": float(best.value),
                 "best_trial": best.number,
                 "best_params": best.params,

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fasttricks.tune import PruningCallback, describe_pruner, make_pruner
+from fasttricks.tune import PruningCallback, describe_pruner, make_pruner, plan_pruner
 from fasttricks.tune._pruners import bracket_plan, default_min_resource, default_n_brackets
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -43,11 +43,12 @@ def test_hyperband_bracket_count_matches_the_paper_formula(epochs, eta):
 
 
 def test_hyperband_uses_epochs_as_resource_with_recipe_maximum():
-    pruner = make_pruner("hyperband", _recipe(9))
+    plan = plan_pruner("hyperband", _recipe(9))
+    pruner = plan.build()
     assert isinstance(pruner, optuna.pruners.HyperbandPruner)
     assert pruner._max_resource == 9 and pruner._min_resource == 1
     assert pruner._reduction_factor == 3
-    text = describe_pruner(pruner)
+    text = describe_pruner(plan)
     assert "min 1, max 9" in text and "3 brackets" in text
     assert "bracket 0: rungs at epochs [1, 3]" in text
 
@@ -83,10 +84,11 @@ def _planned_brackets(pruner, epochs, study_name="plan"):
 
 
 def test_hyperband_sized_to_twenty_trials_keeps_the_two_most_exploratory_brackets():
-    pruner = make_pruner("hyperband", _recipe(27), n_trials=20)
+    plan = plan_pruner("hyperband", _recipe(27), n_trials=20)
+    pruner = plan.build()
     # 3 iterations of 2 brackets take 3 * (2 + 3) = 15 trials, of 3 take 3 * 17 = 51
     assert _planned_brackets(pruner, 27) == [(1, 0), (1, 1)]
-    text = describe_pruner(pruner)
+    text = describe_pruner(plan)
     assert "2 brackets of 4, sized to 20 trials" in text
     assert "bracket 0: rungs at epochs [1, 3, 9]" in text
     assert "bracket 1: rungs at epochs [3, 9]" in text
@@ -106,16 +108,37 @@ def test_optuna_plans_exactly_the_requested_brackets(epochs, eta, r):
 
 
 def test_hyperband_without_a_trial_budget_is_full_hyperband_with_a_full_epoch_bracket():
-    pruner = make_pruner("hyperband", _recipe(27))
+    plan = plan_pruner("hyperband", _recipe(27))
+    pruner = plan.build()
     assert _planned_brackets(pruner, 27) == [(1, s) for s in range(4)]
-    assert "bracket 3: no early stop (full epochs)" in describe_pruner(pruner)
+    assert "bracket 3: no early stop (full epochs)" in describe_pruner(plan)
 
 
 def test_asha_is_one_successive_halving_bracket():
-    pruner = make_pruner("asha", _recipe(30), min_resource=2)
+    plan = plan_pruner("asha", _recipe(30), min_resource=2)
+    pruner = plan.build()
     assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
     assert pruner._min_resource == 2 and pruner._min_early_stopping_rate == 0
-    assert "rungs at epochs [2, 6, 18]" in describe_pruner(pruner)
+    assert "rungs at epochs [2, 6, 18]" in describe_pruner(plan)
+
+
+def test_the_plan_lives_in_our_object_not_on_optunas_pruner():
+    plan = plan_pruner("hyperband", _recipe(9), n_trials=20)
+    pruner = plan.build()
+    assert not [name for name in vars(pruner) if "fasttricks" in name]
+    assert (plan.min_resource, plan.max_epochs, plan.reduction_factor) == (1, 9, 3)
+    assert pruner._max_resource == plan.max_resource
+    with pytest.raises(TypeError, match="PrunerPlan"):
+        describe_pruner(pruner)
+
+
+def test_pruners_are_a_registry_with_did_you_mean():
+    from fasttricks.tune import PRUNER_TYPES, PRUNERS
+
+    assert sorted(PRUNERS) == PRUNER_TYPES.names()
+    assert isinstance(plan_pruner("Median", _recipe(9)).build(), optuna.pruners.MedianPruner)
+    with pytest.raises(KeyError, match="Did you mean 'median'"):
+        PRUNER_TYPES.get("medain")
 
 
 def test_median_warmup_is_in_epochs_and_none_never_prunes():

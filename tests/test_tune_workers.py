@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from fasttricks.tune._workers import _command, worker_env
+from fasttricks.tune._options import STORAGE_ENV
+from fasttricks.tune._workers import worker_command, worker_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,21 +36,45 @@ def test_worker_env_puts_the_package_on_the_path(monkeypatch):
     assert paths == [str(REPO), "/somewhere/else"]
 
 
-def test_worker_command_passes_every_option_and_offsets_the_seed():
-    study = SimpleNamespace(study_name="s")
-    args = dict(pruner="asha", sampler="tpe", n_trials=7, timeout=60.0, metric="accuracy",
-                direction="maximize", seed=10, heartbeat=5, max_retry=2, mlflow=None,
-                threads=1)
-    cmd = _command(2, study, Path("r.yaml"), Path("s.yaml"), "postgresql://h/db", args)
-    assert cmd[:3] == [sys.executable, "-m", "fasttricks.tune"]
-    pairs = dict(zip(cmd[3::2], cmd[4::2], strict=True))
-    assert pairs == {
-        "--recipe": "r.yaml", "--space": "s.yaml", "--study-name": "s",
-        "--storage": "postgresql://h/db", "--pruner": "asha", "--sampler": "tpe",
-        "--n-trials": "7", "--metric": "accuracy", "--direction": "maximize",
-        "--worker": "2", "--seed": "12", "--timeout": "60.0", "--heartbeat": "5",
-        "--max-retry": "2", "--threads": "1",
-    }
+def test_worker_command_holds_only_its_index_and_the_options_file(tmp_path):
+    from fasttricks.tune import TuneOptions
+
+    options = TuneOptions(pruner="asha", n_trials=7, timeout=60.0, metric="accuracy",
+                          direction="maximize", seed=10, heartbeat=5, max_retry=2, threads=1,
+                          storage="postgresql://u:pw@h/db", workers=2)
+    path = options.save(tmp_path / "options.json")
+    cmd = worker_command(2, path)
+    assert cmd == [sys.executable, "-m", "fasttricks.tune", "--worker", "2",
+                   "--worker-options", str(path)]
+    # every option reaches the worker through the file, the URL through the environment
+    env = worker_env(2, None, options.storage)
+    saved = json.loads(path.read_text())
+    assert saved["storage"] is None and "pw" not in path.read_text()
+    assert TuneOptions.from_dict({**saved, "storage": env[STORAGE_ENV]}) == options
+
+
+def test_a_dead_local_worker_is_not_waited_for_but_a_live_one_is(tmp_path):
+    import optuna
+
+    from fasttricks.tune._workers import WORKER_ATTR, fail_orphaned_trials, live_local_trials
+
+    study = optuna.create_study()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (dead, sleeper.pid):
+            study.ask().set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{pid}")
+        assert live_local_trials(study) == [1]
+        assert fail_orphaned_trials(study) == [0]
+        sleeper.kill()
+        assert live_local_trials(study) == [1]  # a zombie still looks alive ...
+        sleeper.wait()  # ... until it is reaped, as the launcher does at once
+        assert live_local_trials(study) == []
+        assert fail_orphaned_trials(study, [sleeper.pid]) == [1]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 @pytest.mark.cuda
@@ -59,7 +86,7 @@ def test_trials_run_on_the_gpu_with_fp16(tmp_path):
 
     recipe = load_recipe(REPO / "recipes" / "digits.yaml", {"schedule.epochs": 2})
     space = {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
-    study = tune(recipe, space, pruner="none", n_trials=2, root=tmp_path / "runs",
+    study = tune(recipe, space, pruner="none", n_trials=2, root=str(tmp_path / "runs"),
                  study_name="gpu", gpus=["0"])
     trials = optuna.load_study(study_name="gpu", storage=study._storage).trials
     assert len(trials) == 2

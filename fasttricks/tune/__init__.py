@@ -4,12 +4,12 @@ A trial is a recipe with sampled values (``recipes/<name>.space.yaml`` says whic
 where), trained with a pruning callback that reports the validation metric every epoch.
 Pruners use epochs as their resource (Hyperband by default); studies live in a journal file
 under ``runs/<study>/`` or in PostgreSQL, resume when re-run, and can be shared by worker
-processes, one per GPU.
+processes, one per GPU. How a run goes is one :class:`TuneOptions` object.
 
 Example::
 
-    from fasttricks.tune import tune
-    study = tune("recipes/digits.yaml", pruner="hyperband", n_trials=20)
+    from fasttricks.tune import TuneOptions, tune
+    study = tune("recipes/digits.yaml", options=TuneOptions(pruner="hyperband", n_trials=20))
     print(study.best_params)
 """
 
@@ -17,34 +17,66 @@ from __future__ import annotations
 
 from typing import Any
 
-from fasttricks.tune._pruners import PRUNERS, describe_pruner, make_pruner
+from fasttricks.tune._options import SAMPLERS, TuneOptions
+from fasttricks.tune._pruners import (
+    PRUNER_TYPES,
+    PRUNERS,
+    PrunerPlan,
+    describe_pruner,
+    make_pruner,
+    plan_pruner,
+)
 from fasttricks.tune._results import best_recipe, write_results
 from fasttricks.tune._space import Param, load_space
 from fasttricks.tune._storage import make_storage
-from fasttricks.tune._study import SAMPLERS, make_sampler, prepare_study, tune
+from fasttricks.tune._study import (
+    PreparedStudy,
+    TooManyFailures,
+    TrialDiverged,
+    prepare_study,
+    run_study,
+    tune,
+)
 
 __all__ = [
     "PRUNERS",
+    "PRUNER_TYPES",
     "SAMPLERS",
     "Param",
+    "PreparedStudy",
+    "PrunerPlan",
     "PruningCallback",
+    "SeededSampler",
+    "TooManyFailures",
+    "TrialDiverged",
+    "TuneOptions",
     "best_recipe",
     "describe_pruner",
     "load_space",
     "make_pruner",
     "make_sampler",
     "make_storage",
+    "plan_pruner",
     "prepare_study",
+    "run_study",
+    "sampler_seed",
     "tune",
     "write_results",
 ]
 
+_LAZY = {
+    # fastai and optuna are imported only when these are asked for, so storage-only processes
+    # (and `import fasttricks.tune`) start fast.
+    "PruningCallback": "fasttricks.tune._callback",
+    "SeededSampler": "fasttricks.tune._sampler",
+    "make_sampler": "fasttricks.tune._sampler",
+    "sampler_seed": "fasttricks.tune._sampler",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # PruningCallback subclasses a fastai Callback: import fastai only when it is asked for,
-    # so storage-only processes (and `import fasttricks.tune`) start fast.
-    if name == "PruningCallback":
-        from fasttricks.tune._callback import PruningCallback
+    if name in _LAZY:
+        import importlib
 
-        return PruningCallback
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'fasttricks.tune' has no attribute {name!r}")

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["build_parser", "main", "DEFAULT_RECIPE"]
 
@@ -91,12 +92,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between heartbeats of running trials (RDB storage only)")
     parser.add_argument("--max-retry", type=_non_negative_int, default=None,
                         help="re-queue a dead worker's trial up to K times (needs --heartbeat)")
-    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    parser.add_argument("--max-failures", type=_positive_int, default=None,
+                        help="stop after this many failed trials in this run "
+                             "(default max(3, --n-trials))")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="base sampler seed (default 0); each trial's seed is derived from "
+                             "it, the study, the worker and the trial number")
     parser.add_argument("--mlflow", default=None, metavar="URI",
                         help="log every trial to this MLflow tracking URI (needs mlflow)")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch CPU threads per worker (default: half the cores / workers)")
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--report", action="store_true",
+                        help="write best.yaml, trials.csv and the plots of an existing study "
+                             "again, without running trials")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error")
+    parser.add_argument("--worker", type=_non_negative_int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-options", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -115,17 +127,120 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 done, 1 bad input, 130 interrupted)."""
+class _InputError(Exception):
+    """Bad input found before any trial ran: one line, exit status 2."""
+
+
+def _options_from_args(args: argparse.Namespace) -> Any:
+    from fasttricks.tune._options import TuneOptions
+
+    workers = args.workers if args.workers is not None else (len(args.gpus) if args.gpus else 1)
+    return TuneOptions(
+        pruner=args.pruner, sampler=args.sampler, n_trials=args.n_trials, timeout=args.timeout,
+        metric=args.metric, direction=args.direction, storage=args.storage,
+        study_name=args.study_name, seed=args.seed, workers=workers, gpus=args.gpus,
+        heartbeat=args.heartbeat, max_retry=args.max_retry, max_failures=args.max_failures,
+        mlflow=args.mlflow, threads=args.threads,
+    )
+
+
+def _check_mlflow(uri: str | None) -> None:
+    if uri is None:
+        return
+    from fasttricks.tune._mlflow import import_mlflow
+
+    import_mlflow()
+
+
+def _prepare(args: argparse.Namespace) -> Any:
+    """The prepared study of a launcher or a worker; every input is checked here."""
+    from fasttricks.tune._options import TuneOptions
+    from fasttricks.tune._study import prepare_study
+
+    if args.worker is not None:
+        if args.worker_options is None:
+            raise ValueError("--worker needs --worker-options (the launcher sets both)")
+        options = TuneOptions.load(args.worker_options).replace(worker=args.worker)
+        _check_mlflow(options.mlflow)
+        return prepare_study(options.recipe_path, options.space_path, options)
+    options = _options_from_args(args)
+    _check_mlflow(options.mlflow)
+    return prepare_study(_resolve_recipe(args.recipe), args.space, options)
+
+
+def _report(args: argparse.Namespace) -> int:
+    """``--report``: write the results of an existing study again from its folder."""
     import optuna
+
+    from fasttricks.recipes import load_recipe
+    from fasttricks.tune._options import OPTIONS_FILE, TuneOptions, check_study_name
+    from fasttricks.tune._results import write_results
+    from fasttricks.tune._space import load_space
+    from fasttricks.tune._storage import make_storage
+    from fasttricks.tune._study import print_summary
+
+    name = args.study_name
+    if name is None:
+        name = f"{load_recipe(_resolve_recipe(args.recipe))['name']}-{args.pruner}"
+    out = Path("runs") / check_study_name(name)
+    saved = TuneOptions.load(out / OPTIONS_FILE) if (out / OPTIONS_FILE).is_file() else None
+    storage = args.storage or (saved.storage if saved is not None else None)
+    for needed in ("recipe.yaml", "space.yaml"):
+        if not (out / needed).is_file():
+            raise FileNotFoundError(f"no study folder for {name!r}: {str(out / needed)!r} not "
+                                    "found (run the study first, or give its --study-name)")
+    try:
+        study = optuna.load_study(study_name=name, storage=make_storage(storage, name))
+    except KeyError:
+        raise KeyError(f"no study named {name!r} in its storage") from None
+    written = write_results(study, load_recipe(out / "recipe.yaml"), out,
+                            load_space(out / "space.yaml"))
+    print_summary(study, study.user_attrs.get("metric", "value"), written)
+    return 0
+
+
+def _interrupted_message(prepared: Any) -> str:
+    from fasttricks.tune._study import count_trials
+
+    finished = count_trials(prepared.study)["finished"]
+    storage = prepared.options.storage or str(Path(prepared.options.root)
+                                              / prepared.study.study_name / "journal.log")
+    where = storage if "://" not in storage else storage.split("://", 1)[0] + "://..."
+    return (f"interrupted: {finished}/{prepared.options.n_trials} finished trials are saved in "
+            f"{where} (running trials recorded as failed), results so far in "
+            f"{prepared.out_dir}/; re-run the same command to resume")
+
+
+def _fail(args: argparse.Namespace, err: BaseException, code: int,
+          expected: bool = True) -> int:
+    """Print ``err`` as one ``error: ...`` line (``--debug`` re-raises it) and return ``code``.
+
+    ``expected=False`` marks an error nobody anticipated: its type is named, and the line says
+    how to see the traceback.
+    """
+    if args.debug:
+        raise err
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    text = " ".join(str(message).split()) or type(err).__name__
+    if not expected:
+        text = f"{type(err).__name__}: {text} (--debug shows the traceback)"
+    print(f"error: {text}", file=sys.stderr)
+    return code
+
+
+_INPUT_ERRORS = (KeyError, ValueError, TypeError, OSError, ImportError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status: 0 done, 1 stopped (too many failed
+    trials, or an error while running), 2 bad input (nothing ran), 130 interrupted."""
+    import optuna
+    import yaml
 
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from us
-
-    from fasttricks.tune._study import prepare_study, tune
-
     is_worker = args.worker is not None
     # SIGTERM stops as cleanly as Ctrl-C. A worker also restores Python's Ctrl-C handler: a
     # process started in the background by a shell inherits SIGINT ignored, and the launcher
@@ -133,50 +248,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     if is_worker:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    workers = args.workers if args.workers is not None else (len(args.gpus) if args.gpus else 1)
-    if args.mlflow is not None:
-        from fasttricks.tune._mlflow import import_mlflow
-
-        try:
-            import_mlflow()
-        except ImportError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-    options = dict(
-        pruner=args.pruner,
-        sampler=args.sampler,
-        n_trials=args.n_trials,
-        metric=args.metric,
-        direction=args.direction,
-        storage=args.storage,
-        study_name=args.study_name,
-        seed=args.seed,
-        heartbeat=args.heartbeat,
-        max_retry=args.max_retry,
-    )
-    recipe = _resolve_recipe(args.recipe)
     try:  # every input is checked, and the study created, before any trial runs
-        prepare_study(recipe, args.space, workers=1 if is_worker else workers, **options)
-    except (KeyError, ValueError, TypeError, FileNotFoundError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+        if args.report:
+            return _report(args)
+        prepared = _prepare(args)
+    except (*_INPUT_ERRORS, yaml.YAMLError) as err:
+        return _fail(args, err, 2)
+    except KeyboardInterrupt:
+        return 130
+    from fasttricks.tune._study import TooManyFailures, run_study
+
     try:
-        tune(
-            recipe,
-            args.space,
-            timeout=args.timeout,
-            workers=1 if is_worker else workers,
-            gpus=None if is_worker else args.gpus,
-            mlflow=args.mlflow,
-            threads=args.threads,
-            write_results=not is_worker,
-            progress_prefix=f"[w{args.worker}] " if is_worker else "",
-            **options,
-        )
+        run_study(prepared)
     except KeyboardInterrupt:
         if not is_worker:  # the launcher speaks for its workers
-            print("interrupted: running trials were recorded as failed; re-run the same "
-                  "command to resume", file=sys.stderr)
+            print(_interrupted_message(prepared), file=sys.stderr)
         return 130
+    except TooManyFailures as err:
+        if is_worker:
+            print(f"{prepared.options.progress_prefix}{err}", file=sys.stderr)
+            return 1
+        return _fail(args, err, 1)
+    except Exception as err:  # noqa: BLE001  one line, not a traceback (--debug shows it)
+        return _fail(args, err, 1, expected=False)
     return 0

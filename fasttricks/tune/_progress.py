@@ -55,6 +55,9 @@ class TrialProgress:
             f"{self.metric}={shown} epochs {epochs:2d}{budget} {seconds:6.1f}s  "
             f"{format_params(trial.params)}"
         )
+        error = trial.user_attrs.get("error")
+        if trial.state == TrialState.FAIL and error:
+            line += f" | {error}"
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             best = study.best_trial
             line += f" | best #{best.number} {best.value:.4f}"

@@ -20,13 +20,19 @@ recipe's ``schedule.epochs``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from fasttricks._validate import check_choice, check_range
+from fasttricks._validate import check_range
+from fasttricks.registry import Registry
 
 __all__ = [
     "PRUNERS",
+    "PRUNER_TYPES",
+    "PrunerPlan",
+    "PrunerType",
+    "plan_pruner",
     "default_min_resource",
     "default_n_brackets",
     "describe_pruner",
@@ -36,7 +42,7 @@ __all__ = [
     "recipe_epochs",
 ]
 
-PRUNERS = ("hyperband", "asha", "median", "none")
+PRUNERS = ("hyperband", "asha", "median", "none")  # the built-in pruners, default first
 
 
 def recipe_epochs(recipe: Mapping[str, Any]) -> int:
@@ -118,6 +124,83 @@ def default_n_brackets(
     return count
 
 
+@dataclass(frozen=True)
+class PrunerPlan:
+    """What a pruner does, in epochs: our record of it, next to (never inside) Optuna's pruner.
+
+    Attributes:
+        name: ``"hyperband"``, ``"asha"``, ``"median"`` or ``"none"``.
+        max_epochs: the full epoch budget ``E`` of a trial.
+        min_resource, reduction_factor: ``r`` and ``eta`` of successive halving (hyperband,
+            asha).
+        n_brackets, max_brackets, n_trials: hyperband: brackets kept, brackets of full
+            Hyperband, and the trial budget that sized them.
+        max_resource: hyperband: the ``max_resource`` handed to Optuna so that it plans
+            exactly ``n_brackets`` brackets.
+        warmup_epochs, n_startup_trials: median: epochs never pruned, trials run in full first.
+    """
+
+    name: str
+    max_epochs: int
+    min_resource: int | None = None
+    reduction_factor: int | None = None
+    n_brackets: int | None = None
+    max_brackets: int | None = None
+    n_trials: int | None = None
+    max_resource: int | None = None
+    warmup_epochs: int | None = None
+    n_startup_trials: int | None = None
+
+    def build(self) -> Any:
+        """A new Optuna pruner that follows this plan."""
+        return PRUNER_TYPES.get(self.name).build(self)
+
+    def describe(self) -> str:
+        """One human-readable paragraph: the pruner, its resources in epochs, its brackets."""
+        return PRUNER_TYPES.get(self.name).describe(self)
+
+
+@dataclass(frozen=True)
+class PrunerType:
+    """A registered pruner: how to plan it from the options, build it, and describe it."""
+
+    plan: Callable[..., PrunerPlan]
+    build: Callable[[PrunerPlan], Any]
+    describe: Callable[[PrunerPlan], str]
+
+
+PRUNER_TYPES: Registry[PrunerType] = Registry("pruner")
+
+
+def plan_pruner(
+    name: str = "hyperband",
+    recipe: Mapping[str, Any] | None = None,
+    *,
+    max_epochs: int | None = None,
+    min_resource: int | None = None,
+    reduction_factor: int = 3,
+    warmup_epochs: int | None = None,
+    n_startup_trials: int = 5,
+    n_trials: int | None = None,
+    n_brackets: int | None = None,
+) -> PrunerPlan:
+    """Check the options of a pruner whose resource is epochs and return its :class:`PrunerPlan`.
+
+    The arguments are those of :func:`make_pruner`.
+    """
+    kind = PRUNER_TYPES.get(name)  # unknown names list the known ones and the closest
+    if max_epochs is None:
+        if recipe is None:
+            raise ValueError("make_pruner needs a recipe or max_epochs to know the epoch budget")
+        max_epochs = recipe_epochs(recipe)
+    check_range("max_epochs", max_epochs, low=1)
+    return kind.plan(
+        max_epochs, min_resource=min_resource, reduction_factor=reduction_factor,
+        warmup_epochs=warmup_epochs, n_startup_trials=n_startup_trials, n_trials=n_trials,
+        n_brackets=n_brackets,
+    )
+
+
 def make_pruner(
     name: str = "hyperband",
     recipe: Mapping[str, Any] | None = None,
@@ -130,7 +213,7 @@ def make_pruner(
     n_trials: int | None = None,
     n_brackets: int | None = None,
 ) -> Any:
-    """Build an Optuna pruner whose resource is epochs.
+    """Build an Optuna pruner whose resource is epochs (``plan_pruner(...).build()``).
 
     Args:
         name: ``"hyperband"`` (default), ``"asha"``, ``"median"`` or ``"none"``.
@@ -154,7 +237,8 @@ def make_pruner(
     after ``min_resource`` epochs, or leave a study with no completed trial at all.
 
     Returns:
-        An ``optuna.pruners.BasePruner``.
+        An ``optuna.pruners.BasePruner``. :func:`plan_pruner` with the same arguments gives
+        the plan :func:`describe_pruner` prints.
 
     Raises:
         KeyError: unknown ``name`` (lists the known pruners and the closest match).
@@ -162,67 +246,172 @@ def make_pruner(
 
     Example::
 
-        pruner = make_pruner("hyperband", {"schedule": {"epochs": 9}})
-        print(describe_pruner(pruner))
+        plan = plan_pruner("hyperband", {"schedule": {"epochs": 9}})
+        pruner = plan.build()
+        print(describe_pruner(plan))
     """
+    return plan_pruner(
+        name, recipe, max_epochs=max_epochs, min_resource=min_resource,
+        reduction_factor=reduction_factor, warmup_epochs=warmup_epochs,
+        n_startup_trials=n_startup_trials, n_trials=n_trials, n_brackets=n_brackets,
+    ).build()
+
+
+# ---------------------------------------------------------------- none
+
+
+def _plan_none(max_epochs: int, **_: Any) -> PrunerPlan:
+    return PrunerPlan("none", max_epochs)
+
+
+def _build_none(plan: PrunerPlan) -> Any:
     import optuna
 
-    check_choice("pruner", name, PRUNERS)
-    if max_epochs is None:
-        if recipe is None:
-            raise ValueError("make_pruner needs a recipe or max_epochs to know the epoch budget")
-        max_epochs = recipe_epochs(recipe)
-    check_range("max_epochs", max_epochs, low=1)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    if name == "median":
-        warmup = max(1, max_epochs // 3) if warmup_epochs is None else warmup_epochs
-        check_range("warmup_epochs", warmup, low=0)
-        check_range("n_startup_trials", n_startup_trials, low=0)
-        # Steps are epochs completed (1-based): step <= warmup is never pruned.
-        pruner = optuna.pruners.MedianPruner(
-            n_startup_trials=n_startup_trials, n_warmup_steps=warmup + 1, interval_steps=1
-        )
-        pruner._fasttricks_plan = {"warmup_epochs": warmup, "max_epochs": max_epochs}
-        return pruner
+    return optuna.pruners.NopPruner()
+
+
+def _describe_none(plan: PrunerPlan) -> str:
+    return "pruner: none (every trial trains all epochs)"
+
+
+# ---------------------------------------------------------------- median
+
+
+def _plan_median(max_epochs: int, *, warmup_epochs: int | None, n_startup_trials: int,
+                 **_: Any) -> PrunerPlan:
+    warmup = max(1, max_epochs // 3) if warmup_epochs is None else warmup_epochs
+    check_range("warmup_epochs", warmup, low=0)
+    check_range("n_startup_trials", n_startup_trials, low=0)
+    return PrunerPlan("median", max_epochs, warmup_epochs=warmup,
+                      n_startup_trials=n_startup_trials)
+
+
+def _build_median(plan: PrunerPlan) -> Any:
+    import optuna
+
+    # Steps are epochs completed (1-based): step <= warmup is never pruned.
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=plan.n_startup_trials, n_warmup_steps=plan.warmup_epochs + 1,
+        interval_steps=1,
+    )
+
+
+def _describe_median(plan: PrunerPlan) -> str:
+    return (
+        f"pruner: median over earlier trials, never before epoch {plan.warmup_epochs + 1}"
+        f" of {plan.max_epochs}, after {plan.n_startup_trials} complete trials"
+    )
+
+
+# ---------------------------------------------------------------- successive halving
+
+
+def _halving_resources(max_epochs: int, min_resource: int | None,
+                       reduction_factor: int) -> tuple[int, int]:
     check_range("reduction_factor", reduction_factor, low=2)
     if not isinstance(reduction_factor, int):
         raise ValueError(f"reduction_factor must be an integer >= 2, got {reduction_factor!r}")
     if min_resource is None:
         min_resource = default_min_resource(max_epochs, reduction_factor)
     check_range("min_resource", min_resource, low=1, high=max_epochs)
-    plan = {"min_resource": min_resource, "max_epochs": max_epochs,
-            "reduction_factor": reduction_factor}
-    if name == "asha":
-        pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=min_resource, reduction_factor=reduction_factor
-        )
-        pruner._fasttricks_plan = plan
-        return pruner
-    full = max_brackets(min_resource, max_epochs, reduction_factor)
+    return min_resource, reduction_factor
+
+
+def _plan_asha(max_epochs: int, *, min_resource: int | None, reduction_factor: int,
+               **_: Any) -> PrunerPlan:
+    r, eta = _halving_resources(max_epochs, min_resource, reduction_factor)
+    return PrunerPlan("asha", max_epochs, min_resource=r, reduction_factor=eta)
+
+
+def _build_asha(plan: PrunerPlan) -> Any:
+    import optuna
+
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=plan.min_resource, reduction_factor=plan.reduction_factor
+    )
+
+
+def _describe_asha(plan: PrunerPlan) -> str:
+    r, big_e, eta = plan.min_resource, plan.max_epochs, plan.reduction_factor
+    rungs = bracket_plan(r, big_e, eta)[0]
+    return (
+        f"pruner: asha, resources in epochs: min {r}, max {big_e}, reduction factor {eta}; "
+        f"rungs at epochs {rungs or 'none'} (top 1/{eta} continue)"
+    )
+
+
+# ---------------------------------------------------------------- hyperband
+
+
+def _optuna_max_resource(min_resource: int, max_epochs: int, reduction_factor: int,
+                         n_brackets: int, full: int) -> int:
+    """The ``max_resource`` that makes Optuna plan exactly ``n_brackets`` brackets.
+
+    Optuna derives the bracket count from max_resource as floor(log_eta(max / min)) + 1 (a
+    float logarithm) and does not use max_resource otherwise: rungs go on up to the last
+    epoch. Pass the recipe's epochs where that plans n_brackets, else the largest value below
+    min * eta**n_brackets (fewer brackets, or an exact power the logarithm rounds down).
+    """
+    candidates = [max_epochs] if n_brackets == full else []
+    candidates.append(min_resource * reduction_factor**n_brackets - 1)
+    for candidate in candidates:
+        if _optuna_brackets(min_resource, candidate, reduction_factor) == n_brackets:
+            return candidate
+    raise RuntimeError(f"Optuna cannot be made to plan {n_brackets} brackets from "
+                       f"min_resource={min_resource}, reduction_factor={reduction_factor}")
+
+
+def _plan_hyperband(max_epochs: int, *, min_resource: int | None, reduction_factor: int,
+                    n_trials: int | None, n_brackets: int | None, **_: Any) -> PrunerPlan:
+    r, eta = _halving_resources(max_epochs, min_resource, reduction_factor)
+    full = max_brackets(r, max_epochs, eta)
     if n_brackets is None:
-        n_brackets = default_n_brackets(min_resource, max_epochs, reduction_factor, n_trials)
+        n_brackets = default_n_brackets(r, max_epochs, eta, n_trials)
     elif isinstance(n_brackets, bool) or not isinstance(n_brackets, int):
         raise ValueError(f"n_brackets must be an integer >= 1, got {n_brackets!r}")
     check_range("n_brackets", n_brackets, low=1, high=full)
-    # Optuna derives the bracket count from max_resource as floor(log_eta(max / min)) + 1 (a
-    # float logarithm) and does not use max_resource otherwise: rungs go on up to the last
-    # epoch. Pass the recipe's epochs where that plans n_brackets, else the largest value below
-    # min * eta**n_brackets (fewer brackets, or an exact power the logarithm rounds down).
-    candidates = [max_epochs] if n_brackets == full else []
-    candidates.append(min_resource * reduction_factor**n_brackets - 1)
-    planned = [c for c in candidates
-               if _optuna_brackets(min_resource, c, reduction_factor) == n_brackets]
-    resource = planned[0] if planned else None
-    if resource is None:
-        raise RuntimeError(f"Optuna cannot be made to plan {n_brackets} brackets from "
-                           f"min_resource={min_resource}, reduction_factor={reduction_factor}")
-    pruner = optuna.pruners.HyperbandPruner(
-        min_resource=min_resource, max_resource=resource, reduction_factor=reduction_factor
+    resource = _optuna_max_resource(r, max_epochs, eta, n_brackets, full)
+    return PrunerPlan("hyperband", max_epochs, min_resource=r, reduction_factor=eta,
+                      n_brackets=n_brackets, max_brackets=full, n_trials=n_trials,
+                      max_resource=resource)
+
+
+def _build_hyperband(plan: PrunerPlan) -> Any:
+    import optuna
+
+    return optuna.pruners.HyperbandPruner(
+        min_resource=plan.min_resource, max_resource=plan.max_resource,
+        reduction_factor=plan.reduction_factor,
     )
-    plan.update(n_brackets=n_brackets, max_brackets=full, n_trials=n_trials)
-    pruner._fasttricks_plan = plan
-    return pruner
+
+
+def _describe_hyperband(plan: PrunerPlan) -> str:
+    r, big_e, eta = plan.min_resource, plan.max_epochs, plan.reduction_factor
+    brackets = bracket_plan(r, big_e, eta, plan.n_brackets)
+    full = plan.max_brackets or len(brackets)
+    why = ""
+    if len(brackets) < full:
+        why = f" of {full}"
+        if plan.n_trials:
+            more = len(brackets) + 1
+            need = eta * hyperband_iteration_trials(more, eta)
+            why += (f", sized to {plan.n_trials} trials: {eta} Hyperband iterations of {more} "
+                    f"brackets need {need}")
+    lines = [
+        f"pruner: hyperband, resources in epochs: min {r}, max {big_e}, reduction factor {eta}, "
+        f"{len(brackets)} bracket{'s' if len(brackets) != 1 else ''}{why}:"
+    ]
+    for s, rungs in enumerate(brackets):
+        where = f"rungs at epochs {rungs}" if rungs else "no early stop (full epochs)"
+        lines.append(f"  bracket {s}: {where}")
+    return "\n".join(lines)
+
+
+PRUNER_TYPES.register("hyperband", PrunerType(_plan_hyperband, _build_hyperband,
+                                              _describe_hyperband))
+PRUNER_TYPES.register("asha", PrunerType(_plan_asha, _build_asha, _describe_asha))
+PRUNER_TYPES.register("median", PrunerType(_plan_median, _build_median, _describe_median))
+PRUNER_TYPES.register("none", PrunerType(_plan_none, _build_none, _describe_none))
 
 
 def _optuna_brackets(min_resource: int, max_resource: int, reduction_factor: int) -> int:
@@ -253,42 +442,12 @@ def bracket_plan(
     return plan
 
 
-def describe_pruner(pruner: Any) -> str:
-    """One human-readable paragraph: the pruner, its resources in epochs and its brackets."""
-    import optuna
+def describe_pruner(plan: PrunerPlan) -> str:
+    """One human-readable paragraph: the pruner, its resources in epochs and its brackets.
 
-    plan = getattr(pruner, "_fasttricks_plan", None)
-    if isinstance(pruner, optuna.pruners.NopPruner):
-        return "pruner: none (every trial trains all epochs)"
-    if plan is None:
-        return f"pruner: {type(pruner).__name__}"
-    if isinstance(pruner, optuna.pruners.MedianPruner):
-        return (
-            f"pruner: median over earlier trials, never before epoch {plan['warmup_epochs'] + 1}"
-            f" of {plan['max_epochs']}, after {pruner._n_startup_trials} complete trials"
-        )
-    r, big_e, eta = plan["min_resource"], plan["max_epochs"], plan["reduction_factor"]
-    if isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner):
-        rungs = bracket_plan(r, big_e, eta)[0]
-        return (
-            f"pruner: asha, resources in epochs: min {r}, max {big_e}, reduction factor {eta}; "
-            f"rungs at epochs {rungs or 'none'} (top 1/{eta} continue)"
-        )
-    brackets = bracket_plan(r, big_e, eta, plan.get("n_brackets"))
-    full = plan.get("max_brackets", len(brackets))
-    why = ""
-    if len(brackets) < full:
-        why = f" of {full}"
-        if plan.get("n_trials"):
-            more = len(brackets) + 1
-            need = eta * hyperband_iteration_trials(more, eta)
-            why += (f", sized to {plan['n_trials']} trials: {eta} Hyperband iterations of {more} "
-                    f"brackets need {need}")
-    lines = [
-        f"pruner: hyperband, resources in epochs: min {r}, max {big_e}, reduction factor {eta}, "
-        f"{len(brackets)} bracket{'s' if len(brackets) != 1 else ''}{why}:"
-    ]
-    for s, rungs in enumerate(brackets):
-        where = f"rungs at epochs {rungs}" if rungs else "no early stop (full epochs)"
-        lines.append(f"  bracket {s}: {where}")
-    return "\n".join(lines)
+    Takes the :class:`PrunerPlan` of :func:`plan_pruner` (an Optuna pruner carries no plan).
+    """
+    if not isinstance(plan, PrunerPlan):
+        raise TypeError(f"describe_pruner takes the PrunerPlan of plan_pruner(...), got "
+                        f"{type(plan).__name__}")
+    return plan.describe()

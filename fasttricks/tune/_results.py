@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fasttricks._io import atomic_path, atomic_write_csv, atomic_write_text
+from fasttricks._io import atomic_write_csv, save_figure
+from fasttricks.tune._logs import quiet_experimental
 from fasttricks.tune._space import Param, apply_params
 
 __all__ = ["best_recipe", "write_results", "PLOTS"]
@@ -35,8 +33,7 @@ def _finished(study: Any) -> list[Any]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def best_recipe(study: Any, recipe: Mapping[str, Any], space: Mapping[str, Param]
-                ) -> dict[str, Any]:
+def best_recipe(study: Any, recipe: Mapping[str, Any], space: Mapping[str, Param]) -> Any:
     """``recipe`` with the best trial's sampled values of ``space`` set, as the trial had them.
 
     Raises:
@@ -65,26 +62,18 @@ def _save_plot(study: Any, function_name: str, path: Path) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    import optuna
     from optuna.visualization import matplotlib as optuna_mpl
 
     plot = getattr(optuna_mpl, function_name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with quiet_experimental():
             ax = plot(study)
     except (ValueError, RuntimeError, ZeroDivisionError) as err:
         _log.warning("no %s: %s", path.name, err)
         return None
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
     fig.set_size_inches(8, 5)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def write_results(study: Any, recipe: Mapping[str, Any], out_dir: str | os.PathLike[str],
@@ -98,6 +87,8 @@ def write_results(study: Any, recipe: Mapping[str, Any], out_dir: str | os.PathL
     Returns:
         ``{"best": path, "trials": path, "<plot>.png": path, ...}`` for the files written.
     """
+    from fasttricks.recipes import recipe_to_dict, save_recipe
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -111,9 +102,8 @@ def write_results(study: Any, recipe: Mapping[str, Any], out_dir: str | os.PathL
             f"{study.user_attrs.get('metric', 'value')} = {best.value:.6g}\n"
             f"# train it with: python -m fasttricks.train {out / 'best.yaml'}\n"
         )
-        best_values = _to_plain(best_recipe(study, recipe, space))
-        text = header + yaml.safe_dump(best_values, sort_keys=False)
-        written["best"] = atomic_write_text(out / "best.yaml", text)
+        best_values = _to_plain(recipe_to_dict(best_recipe(study, recipe, space)))
+        written["best"] = save_recipe(best_values, out / "best.yaml", header=header)
     else:
         _log.warning("study %r has no completed trial: no best.yaml", study.study_name)
     for filename, function_name in PLOTS.items():

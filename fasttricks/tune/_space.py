@@ -54,6 +54,7 @@ __all__ = [
     "load_space",
     "ordered",
     "space_spec",
+    "TrialSampler",
 ]
 
 PARAM_TYPES = ("float", "int", "categorical", "bool")
@@ -299,33 +300,40 @@ def ordered(space: Mapping[str, Param]) -> list[Param]:
     """Parameters in the order they are set: sections and ``*.name`` first, then callback
     switches, then the rest in space order (so conditional keys see the sampled name)."""
 
-    def rank(param: Param) -> int:
-        if "." not in param.key or param.key.endswith(".name"):
-            return 0
-        return 1 if param.is_callback_switch else 2
-
-    return sorted(space.values(), key=rank)
+    return sorted(space.values(), key=_rank)
 
 
-def _switch_callback(recipe: Mapping[str, Any], name: str, on: bool) -> dict[str, Any]:
-    from fasttricks.recipes import set_in_recipe
+def _rank(param: Param) -> int:
+    if "." not in param.key or param.key.endswith(".name"):
+        return 0
+    return 1 if param.is_callback_switch else 2
 
-    entries = [dict(e) for e in recipe.get("callbacks") or []]
+
+def _switched_callbacks(callbacks: Any, name: str, on: bool) -> list[dict[str, Any]]:
+    """The ``callbacks`` list with callback ``name`` added (default options) or removed."""
+    entries = [dict(e) for e in callbacks or []]
     present = [e for e in entries if e.get("name") == name]
     if on and not present:
         entries.append({"name": name})
     if not on:
         entries = [e for e in entries if e.get("name") != name]
-    return set_in_recipe(recipe, "callbacks", entries)
+    return entries
 
 
-def apply_value(recipe: Mapping[str, Any], param: Param, sampled: Any) -> dict[str, Any]:
-    """A copy of ``recipe`` with ``param`` set to the sampled value (validated by the recipe)."""
-    from fasttricks.recipes import set_in_recipe
-
+def _override(param: Param, sampled: Any, callbacks: Any) -> tuple[str, Any]:
+    """The ``(dotted key, value)`` override that sets ``param`` to the sampled value."""
     if param.is_callback_switch:
-        return _switch_callback(recipe, param.key.split(".", 1)[1], bool(sampled))
-    return set_in_recipe(recipe, param.key, param.value_of(sampled))
+        name = param.key.split(".", 1)[1]
+        return "callbacks", _switched_callbacks(callbacks, name, bool(sampled))
+    return param.key, param.value_of(sampled)
+
+
+def apply_value(recipe: Mapping[str, Any], param: Param, sampled: Any) -> Any:
+    """A copy of ``recipe`` with ``param`` set to the sampled value (validated by the recipe)."""
+    from fasttricks.recipes import load_recipe
+
+    key, value = _override(param, sampled, recipe.get("callbacks"))
+    return load_recipe(recipe, {key: value})
 
 
 def accepts(recipe: Mapping[str, Any], param: Param) -> bool:
@@ -342,20 +350,72 @@ def accepts(recipe: Mapping[str, Any], param: Param) -> bool:
     return True
 
 
-def apply_params(recipe: Mapping[str, Any], space: Mapping[str, Param],
-                 sample: Any) -> dict[str, Any]:
-    """Set every parameter of ``space`` in ``recipe``, in :func:`ordered` order.
+def _frozen(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple((str(k), _frozen(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+class TrialSampler:
+    """Turns sampled values into recipe overrides, and a recipe, for one trial at a time.
+
+    Parameters are set in :func:`ordered` order. Whether the recipe accepts a key depends only
+    on the structural values sampled before it (sections, ``*.name`` keys, callback switches),
+    so the answer is computed once per combination of those and remembered: a trial then
+    costs one ``load_recipe(base, overrides)`` call, a single validation.
+
+    Args:
+        recipe: the validated base recipe.
+        space: the parsed search space.
+    """
+
+    def __init__(self, recipe: Mapping[str, Any], space: Mapping[str, Param]) -> None:
+        self.recipe = recipe
+        self.space = dict(space)
+        self._params = ordered(space)
+        self._accepts: dict[tuple[str, Any], bool] = {}
+
+    def _accepted(self, param: Param, structure: dict[str, Any]) -> bool:
+        key = (param.key, _frozen(structure))
+        if key not in self._accepts:
+            from fasttricks.recipes import load_recipe
+
+            variant = load_recipe(self.recipe, structure) if structure else self.recipe
+            self._accepts[key] = accepts(variant, param)
+        return self._accepts[key]
+
+    def overrides(self, sample: Any) -> dict[str, Any]:
+        """``{dotted key: value}`` for every parameter the recipe accepts; ``sample(param)``
+        returns the sampled value and is not called for the others."""
+        out: dict[str, Any] = {}
+        structure: dict[str, Any] = {}
+        for param in self._params:
+            if not self._accepted(param, structure):
+                continue
+            callbacks = structure.get("callbacks", self.recipe.get("callbacks"))
+            key, value = _override(param, sample(param), callbacks)
+            out[key] = value
+            if _rank(param) < 2:
+                structure[key] = value
+        return out
+
+    def recipe_for(self, sample: Any) -> Any:
+        """The trial's recipe: the base with every sampled value, in one ``load_recipe`` call."""
+        from fasttricks.recipes import load_recipe
+
+        return load_recipe(self.recipe, self.overrides(sample))
+
+
+def apply_params(recipe: Mapping[str, Any], space: Mapping[str, Param], sample: Any) -> Any:
+    """Set every parameter of ``space`` in ``recipe`` (see :class:`TrialSampler`).
 
     ``sample(param)`` returns the sampled value (e.g. ``param.suggest(trial)``, or a stored
     trial's ``params[param.key]``); it is not called for keys the recipe does not accept
     after the earlier values were set.
     """
-    out = dict(recipe)
-    for param in ordered(space):
-        if not accepts(out, param):
-            continue
-        out = apply_value(out, param, sample(param))
-    return out
+    return TrialSampler(recipe, space).recipe_for(sample)
 
 
 def check_space_keys(space: Mapping[str, Param], recipe: Mapping[str, Any]) -> None:
@@ -372,7 +432,7 @@ def check_space_keys(space: Mapping[str, Param], recipe: Mapping[str, Any]) -> N
         ValueError: the recipe rejects a candidate value; echoes key, value and the reason.
     """
     known = _dotted_keys(recipe)
-    variants = [dict(recipe)]
+    variants = [recipe]
     for param in ordered(space):
         if param.type == "categorical" and ("." not in param.key or param.key.endswith(".name")):
             for sampled in param.candidates():

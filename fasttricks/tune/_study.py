@@ -3,74 +3,88 @@
 The study is resumable: it is created with ``load_if_exists``, and trials already finished
 (COMPLETE or PRUNED) count toward ``n_trials``, so re-running the same command continues to
 exactly ``n_trials``. Several processes may run the same study on one storage; each starts a
-new trial only while ``finished + running < n_trials``.
+new trial only while ``finished + running < n_trials``. Failed trials are capped
+(``max_failures``), and every trial is sampled with its own seed (:func:`sampler_seed`), so
+restarts and parallel workers explore new points.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import math
 import os
-import socket
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fasttricks._validate import check_choice, check_range
+from fasttricks.tune._logs import optuna_log_level, quiet_experimental
+from fasttricks.tune._options import (
+    DIRECTIONS,
+    OPTIONS_FILE,
+    SAMPLERS,
+    TuneOptions,
+    check_study_name,
+    default_threads,
+)
 from fasttricks.tune._progress import TrialProgress
-from fasttricks.tune._pruners import describe_pruner, make_pruner, recipe_epochs
+from fasttricks.tune._pruners import PrunerPlan, plan_pruner, recipe_epochs
 from fasttricks.tune._space import (
     Param,
-    apply_params,
+    TrialSampler,
     check_space_keys,
     default_space_path,
     load_space,
+    space_spec,
 )
 from fasttricks.tune._storage import make_storage, storage_kind
+from fasttricks.tune._workers import (
+    WORKER_ATTR,
+    fail_orphaned_trials,
+    heartbeat_enabled,
+    live_local_trials,
+    worker_id,
+)
 
-__all__ = ["tune", "make_sampler", "SAMPLERS", "DIRECTIONS", "resolve_metric", "prepare_study"]
+__all__ = [
+    "DIRECTIONS",
+    "PreparedStudy",
+    "SAMPLERS",
+    "TooManyFailures",
+    "TrialDiverged",
+    "count_trials",
+    "failure_summary",
+    "prepare_study",
+    "resolve_metric",
+    "run_study",
+    "run_trials",
+    "tune",
+]
 
 _log = logging.getLogger(__name__)
 
-SAMPLERS = ("tpe", "random")
-DIRECTIONS = ("maximize", "minimize")
-WORKER_ATTR = "worker"
 EPOCHS_ATTR = "epochs"
+ERROR_ATTR = "error"
+SURPLUS_ATTR = "surplus"
 
 
 class SurplusTrialError(RuntimeError):
     """A trial another worker made unnecessary: the study already has ``n_trials`` in flight."""
 
 
-@contextlib.contextmanager
-def quiet_experimental() -> Iterator[None]:
-    """Hide Optuna's ExperimentalWarning (one per heartbeat, retry and plot call); nothing else."""
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
+class TrialDiverged(ValueError):
+    """A trial whose monitored metric ended NaN or infinite."""
 
 
-def make_sampler(name: str = "tpe", seed: int | None = 0, n_trials: int | None = None) -> Any:
-    """An Optuna sampler by name: ``"tpe"`` (default) or ``"random"``.
+class TooManyFailures(RuntimeError):
+    """The run stopped because ``max_failures`` trials failed; the message names the most
+    common failure."""
 
-    TPE (Bergstra et al. 2011) starts with ``min(10, max(3, n_trials // 3))`` random trials
-    (Optuna's default is 10, too many for a 12-trial study) and uses the constant-liar
-    strategy so parallel workers do not propose the same point.
 
-    Raises:
-        KeyError: unknown name (lists the known samplers and the closest match).
-    """
-    import optuna
-
-    check_choice("sampler", name, SAMPLERS)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    startup = 10 if n_trials is None else min(10, max(3, n_trials // 3))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+# ---------------------------------------------------------------------------- inputs
 
 
 def resolve_metric(recipe: Mapping[str, Any], metric: str | None = None,
@@ -79,32 +93,25 @@ def resolve_metric(recipe: Mapping[str, Any], metric: str | None = None,
 
     Default: ``fasttricks.recipes.primary_metric(recipe)``. A ``metric`` must be a column the
     recorder logs every epoch: ``train_loss``, ``valid_loss`` or one of the recipe's metrics.
-    Without ``direction``, names containing "loss" are minimized and the rest maximized
-    (fastai's tracker convention).
+    Without ``direction`` it comes from :func:`fasttricks.metrics.metric_direction` (losses
+    and errors are minimized).
 
     Raises:
         KeyError: a metric the recipe does not record (lists those it does).
     """
+    from fasttricks.metrics import metric_direction
+
     if direction is not None:
         check_choice("direction", direction, DIRECTIONS)
     if metric is None:
         from fasttricks.recipes import primary_metric
 
-        default_metric, default_direction = primary_metric(recipe)
-        return default_metric, direction or default_direction
+        metric = primary_metric(recipe)[0]
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"metric must be a recorder column name, got {metric!r}")
-    recorded = ["train_loss", "valid_loss", *recipe.get("metrics", [])]
+    recorded = ["train_loss", "valid_loss", *(recipe.get("metrics") or [])]
     check_choice("metric", metric, recorded)
-    if direction is None:
-        direction = "minimize" if "loss" in metric else "maximize"
-    return metric, direction
-
-
-def _load_recipe(recipe: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, Any]:
-    from fasttricks.recipes import load_recipe
-
-    return load_recipe(recipe)
+    return metric, direction or metric_direction(metric)
 
 
 def _load_space(space: Any, recipe_source: Any) -> dict[str, Param]:
@@ -139,77 +146,35 @@ def count_trials(study: Any) -> dict[str, int]:
     return counts
 
 
-def worker_id() -> str:
-    """``host:pid`` of this process, stored on each trial it runs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def failure_summary(study: Any, first_trial: int = 0) -> tuple[int, str | None, int]:
+    """``(failed trials, most common error, its count)`` among trials ``>= first_trial``.
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_orphaned_trials(study: Any, pids: Sequence[int] | None = None) -> list[int]:
-    """Mark FAIL the RUNNING trials whose worker process on this host is gone.
-
-    A worker killed without a chance to clean up (SIGKILL, power loss) leaves its trial
-    RUNNING; without heartbeats nothing else would ever finish it. ``pids`` restricts the check
-    to these processes (default: any dead process of this host). When the storage has a
-    heartbeat-stale callback (``max_retry``), it runs for these trials too, so they are
-    re-queued. Returns the trial numbers.
+    Counted are trials that failed with an error of their own (recorded in the ``error`` user
+    attribute): not those another worker made unnecessary, not those interrupted or orphaned.
     """
-    import optuna
     from optuna.trial import TrialState
 
-    host = socket.gethostname()
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
-        owner_host, _, pid_text = owner.rpartition(":")
-        if owner_host != host or not pid_text.isdigit():
-            continue
-        pid = int(pid_text)
-        if pid == os.getpid() or (pids is not None and pid not in pids) or _pid_alive(pid):
-            continue
-        try:
-            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        failed.append(trial.number)
-        retry = _stale_callback(study)
-        if retry is not None:
-            with quiet_experimental():
-                retry(study, study._storage.get_trial(trial._trial_id))
-    if failed:
-        _log.warning("marked trials %s FAIL: their worker process ended mid-trial", failed)
-    return failed
+    errors = [
+        str(t.user_attrs[ERROR_ATTR])
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.number >= first_trial and ERROR_ATTR in t.user_attrs
+    ]
+    if not errors:
+        return 0, None, 0
+    message, count = collections.Counter(errors).most_common(1)[0]
+    return len(errors), message, count
 
 
-def _stale_callback(study: Any) -> Any:
-    getter = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)
-    return getter() if getter is not None and _heartbeat_enabled(study) else None
+def _check_failures(study: Any, cap: int, first_trial: int) -> None:
+    failed, message, count = failure_summary(study, first_trial)
+    if failed >= cap:
+        raise TooManyFailures(
+            f"stopped after {failed} failed trials (--max-failures {cap}); most common failure "
+            f"({count} of {failed}): {message}"
+        )
 
 
-def _heartbeat_enabled(study: Any) -> bool:
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(study._storage)
-
-
-def default_threads(workers: int = 1) -> int:
-    """CPU threads per worker: ``max(1, cpu_count // (2 * workers))``.
-
-    Small models gain little from more threads, and an oversubscribed CPU (more busy threads
-    than cores, e.g. on a shared machine) makes PyTorch's OpenMP threads spin and slows
-    training by an order of magnitude; half the cores leaves room for the data pipeline.
-    """
-    return max(1, (os.cpu_count() or 1) // (2 * max(1, workers)))
+# ---------------------------------------------------------------------------- the objective
 
 
 @contextlib.contextmanager
@@ -226,38 +191,39 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def make_objective(recipe: Mapping[str, Any], space: Mapping[str, Param], metric: str) -> Any:
-    """The Optuna objective: sample ``space`` into ``recipe``, build, fit, return ``metric``."""
+    """The Optuna objective: sample ``space`` into ``recipe``, build, fit, return ``metric``.
+
+    A trial's recipe is made in one ``load_recipe(recipe, overrides)`` call
+    (:class:`~fasttricks.tune._space.TrialSampler`). A final value that is NaN or infinite
+    raises :class:`TrialDiverged` (the trial fails and counts toward ``max_failures``).
+    """
+    from fasttricks._io import quiet_fit
     from fasttricks.recipes import build_learner, fit_learner
     from fasttricks.tune._callback import PruningCallback
+
+    sampler = TrialSampler(recipe, space)
 
     def objective(trial: Any) -> float:
         import optuna
 
-        trial_recipe = apply_params(recipe, space, lambda param: param.suggest(trial))
+        trial_recipe = sampler.recipe_for(lambda param: param.suggest(trial))
         pruning = PruningCallback(trial, monitor=metric, max_steps=recipe_epochs(trial_recipe))
         learn = build_learner(trial_recipe)
         trial.set_user_attr("device", str(next(learn.model.parameters()).device))
         try:
-            with _quiet_fit(learn):
+            with quiet_fit(learn):
                 fit_learner(learn, trial_recipe, cbs=[pruning])
         finally:
             trial.set_user_attr(EPOCHS_ATTR, pruning.step)
         pruning.raise_if_pruned()
         if not pruning.values:
             raise optuna.TrialPruned("the fit ended before the first epoch")
-        return pruning.values[-1]
+        value = pruning.values[-1]
+        if not math.isfinite(value):
+            raise TrialDiverged(f"{metric} is {value} after epoch {pruning.step}")
+        return value
 
     return objective
-
-
-@contextlib.contextmanager
-def _quiet_fit(learn: Any) -> Iterator[None]:
-    """No per-epoch table and no progress bar: the study prints one line per trial instead."""
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(learn.no_logging())
-        if hasattr(type(learn), "no_bar"):
-            stack.enter_context(learn.no_bar())
-        yield
 
 
 def _check_not_surplus(trial: Any, n_trials: int) -> None:
@@ -271,57 +237,74 @@ def _check_not_surplus(trial: Any, n_trials: int) -> None:
     busy = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
     ahead = sum(1 for t in trials if t.number < trial.number and t.state in busy)
     if ahead >= n_trials:
+        trial.set_user_attr(SURPLUS_ATTR, True)
         raise SurplusTrialError(
             f"not needed: {ahead} trials before it are finished or running (n_trials={n_trials})"
         )
 
 
-def prepare_study(
-    recipe: str | os.PathLike[str] | Mapping[str, Any],
-    space: Any = None,
-    *,
-    pruner: str = "hyperband",
-    sampler: str = "tpe",
-    n_trials: int = 20,
-    metric: str | None = None,
-    direction: str | None = None,
-    storage: str | None = None,
-    study_name: str | None = None,
-    seed: int | None = 0,
-    workers: int = 1,
-    heartbeat: int | None = None,
-    max_retry: int | None = None,
-    root: str | os.PathLike[str] = "runs",
-) -> tuple[Any, dict[str, Any], dict[str, Param], str]:
-    """Validate every input and create (or load) the study; no trial runs here.
+def _guarded(objective: Any, n_trials: int) -> Any:
+    """``objective`` that records who runs it, skips surplus trials, and records its error."""
 
-    Returns ``(study, resolved recipe, space, metric)``. See :func:`tune` for the arguments.
-    """
+    def run(trial: Any) -> Any:
+        import optuna
+
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        _check_not_surplus(trial, n_trials)
+        try:
+            return objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            trial.set_user_attr(ERROR_ATTR, f"{type(err).__name__}: {err}"[:500])
+            raise
+
+    return run
+
+
+# ---------------------------------------------------------------------------- the study
+
+
+class PreparedStudy(NamedTuple):
+    """A created (or loaded) study with everything a run needs, checked once."""
+
+    study: Any
+    recipe: Any
+    space: dict[str, Param]
+    metric: str
+    options: TuneOptions
+    pruner: PrunerPlan
+    out_dir: Path
+    first_trial: int
+
+
+def _study_name(recipe: Mapping[str, Any], options: TuneOptions) -> str:
+    return check_study_name(options.study_name or f"{recipe.get('name', 'recipe')}-"
+                                                  f"{options.pruner}")
+
+
+def _open_study(name: str, recipe: Mapping[str, Any], metric: str, direction: str,
+                options: TuneOptions, pruner: PrunerPlan) -> Any:
     import optuna
 
-    check_choice("pruner", pruner, ("hyperband", "asha", "median", "none"))
-    check_choice("sampler", sampler, SAMPLERS)
-    if direction is not None:
-        check_choice("direction", direction, DIRECTIONS)
-    check_range("n_trials", n_trials, low=1)
-    storage_kind(storage)
-    resolved = _load_recipe(recipe)
-    parsed_space = _load_space(space, recipe)
-    check_space_keys(parsed_space, resolved)
-    metric, direction = resolve_metric(resolved, metric, direction)
-    pruner_obj = make_pruner(pruner, resolved, n_trials=n_trials)
-    name = study_name or f"{resolved.get('name', 'recipe')}-{pruner}"
-    store = make_storage(storage, name, workers=workers, heartbeat=heartbeat,
-                         max_retry=max_retry, root=root)
+    from fasttricks.tune._sampler import SeededSampler, sampler_seed
+
+    workers = 1 if options.worker is not None else options.workers
+    store = make_storage(options.storage, name, workers=workers, heartbeat=options.heartbeat,
+                         max_retry=options.max_retry, root=options.root)
     with quiet_experimental():
-        study = optuna.create_study(
-            study_name=name,
-            storage=store,
-            sampler=make_sampler(sampler, seed, n_trials),
-            pruner=pruner_obj,
-            direction=direction,
-            load_if_exists=True,
-        )
+        study = optuna.create_study(study_name=name, storage=store, pruner=pruner.build(),
+                                    direction=direction, load_if_exists=True)
+    finished = count_trials(study)["finished"]
+    seed = None if options.seed is None else sampler_seed(
+        options.seed, name, options.worker or 0, finished)
+    study.sampler = SeededSampler(options.sampler, seed, options.n_trials)
+    return study
+
+
+def _check_same_study(study: Any, metric: str, direction: str,
+                      space: Mapping[str, Param]) -> None:
+    name = study.study_name
     if study.direction.name.lower() != direction:
         raise ValueError(
             f"study {name!r} already exists and {study.direction.name.lower()}s; asked to "
@@ -335,198 +318,252 @@ def prepare_study(
         )
     if previous is None:
         study.set_user_attr("metric", metric)
-        study.set_user_attr("space", {k: _param_dict(p) for k, p in parsed_space.items()})
-    return study, resolved, parsed_space, metric
+        study.set_user_attr("space", space_spec(space))
 
 
-def _param_dict(param: Param) -> dict[str, Any]:
-    from fasttricks.tune._space import space_spec
+def _write_study_folder(out: Path, recipe: Any, space: Mapping[str, Param],
+                        options: TuneOptions) -> TuneOptions:
+    """Write ``recipe.yaml``, ``space.yaml`` and ``options.json`` once into the study folder;
+    returns the options pointing at those files (what workers and ``--report`` read)."""
+    import yaml
 
-    return space_spec({param.key: param})[param.key]
+    from fasttricks._io import atomic_write_text
+    from fasttricks.recipes import save_recipe
+
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_path = save_recipe(recipe, out / "recipe.yaml")
+    space_path = atomic_write_text(out / "space.yaml",
+                                   yaml.safe_dump(space_spec(space), sort_keys=False))
+    saved = options.replace(recipe_path=str(recipe_path), space_path=str(space_path))
+    saved.save(out / OPTIONS_FILE)
+    return saved
+
+
+def prepare_study(
+    recipe: str | os.PathLike[str] | Mapping[str, Any],
+    space: Any = None,
+    options: TuneOptions | None = None,
+    **changes: Any,
+) -> PreparedStudy:
+    """Validate every input and create (or load) the study; no trial runs here.
+
+    ``options`` (default ``TuneOptions()``) with ``changes`` applied say how; see
+    :class:`~fasttricks.tune.TuneOptions`. A launcher (not a worker) also writes the resolved
+    recipe, the space and the options into the study folder.
+
+    Raises:
+        KeyError: unknown pruner, sampler, direction or metric, or a space key not in the
+            recipe.
+        ValueError: a malformed space or option, SQLite with several workers, a study that
+            already tunes another metric or direction.
+    """
+    from fasttricks.recipes import load_recipe
+
+    options = (options or TuneOptions()).replace(**changes) if changes else (
+        options or TuneOptions())
+    storage_kind(options.storage)
+    resolved = load_recipe(recipe)
+    parsed_space = _load_space(space, recipe)
+    check_space_keys(parsed_space, resolved)
+    metric, direction = resolve_metric(resolved, options.metric, options.direction)
+    pruner = plan_pruner(options.pruner, resolved, n_trials=options.n_trials)
+    name = _study_name(resolved, options)
+    study = _open_study(name, resolved, metric, direction, options, pruner)
+    _check_same_study(study, metric, direction, parsed_space)
+    out = Path(options.out_dir) if options.out_dir is not None else Path(options.root) / name
+    options = options.replace(study_name=name, metric=metric, direction=direction)
+    if options.worker is None:
+        first = len(study.get_trials(deepcopy=False))
+        options = options.replace(first_trial=first, launcher_pid=os.getpid())
+        options = _write_study_folder(out, resolved, parsed_space, options)
+    first = options.first_trial if options.first_trial is not None else 0
+    return PreparedStudy(study, resolved, parsed_space, metric, options, pruner, out, first)
 
 
 def run_trials(study: Any, objective: Any, n_trials: int, timeout: float | None = None,
-               callbacks: Sequence[Any] = ()) -> None:
+               callbacks: Sequence[Any] = (), max_failures: int | None = None,
+               first_trial: int = 0) -> None:
     """Run trials one at a time until ``n_trials`` are finished (COMPLETE or PRUNED).
 
     Before each trial: dead workers' trials are failed (heartbeat, or a gone local process),
     and a new trial starts only while ``finished + running < n_trials`` or a retry waits.
-    With heartbeats, a worker waits while others still run the last trials, since one of them
-    may die and need a replacement. Two workers that start a trial at the same moment are
-    resolved by trial number: the later one, if it would exceed ``n_trials``, is recorded as
-    FAIL ("not needed") before doing any work.
+    While other processes still run the last trials and one of them could die (heartbeats, or
+    a live process of this host), a worker waits to run its replacement. Two workers that
+    start a trial at the same moment are resolved by trial number: the later one, if it would
+    exceed ``n_trials``, is recorded as FAIL ("not needed") before doing any work.
+
+    Raises:
+        TooManyFailures: ``max_failures`` trials numbered ``>= first_trial`` failed (default
+            ``max(3, n_trials)``).
     """
-    import optuna
-
+    cap = max(3, n_trials) if max_failures is None else max_failures
     start = time.monotonic()
-    heartbeat = _heartbeat_enabled(study)
-
-    def guarded(trial: Any) -> Any:
-        trial.set_user_attr(WORKER_ATTR, worker_id())
-        _check_not_surplus(trial, n_trials)
-        return objective(trial)
+    guarded = _guarded(objective, n_trials)
     while True:
+        _check_failures(study, cap, first_trial)
         if timeout is not None and time.monotonic() - start >= timeout:
             return
-        if heartbeat:  # works across machines, and re-queues per max_retry
-            with quiet_experimental():
-                optuna.storages.fail_stale_trials(study)
-        else:
-            fail_orphaned_trials(study)
+        _fail_dead_trials(study)
         counts = count_trials(study)
         if counts["finished"] >= n_trials:
             return
         if counts["finished"] + counts["running"] >= n_trials and counts["waiting"] == 0:
-            if not heartbeat:
+            if not (heartbeat_enabled(study) or live_local_trials(study)):
                 return
-            time.sleep(min(2.0, study._storage.get_heartbeat_interval()))
+            time.sleep(1.0)
             continue
         left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
         with quiet_experimental():
-            study.optimize(guarded, n_trials=1, timeout=left, catch=(SurplusTrialError,),
+            study.optimize(guarded, n_trials=1, timeout=left, catch=(Exception,),
                            callbacks=list(callbacks))
+
+
+def _fail_dead_trials(study: Any) -> None:
+    import optuna
+
+    if heartbeat_enabled(study):  # works across machines, and re-queues per max_retry
+        with quiet_experimental():
+            optuna.storages.fail_stale_trials(study)
+    else:
+        fail_orphaned_trials(study)
+
+
+def _trial_callbacks(prepared: PreparedStudy) -> list[Any]:
+    options = prepared.options
+    callbacks: list[Any] = []
+    if options.progress:
+        callbacks.append(TrialProgress(prepared.metric, recipe_epochs(prepared.recipe),
+                                       options.progress_prefix))
+    if options.mlflow is not None:
+        from fasttricks.tune._mlflow import MLflowLogger
+
+        callbacks.append(MLflowLogger(options.mlflow, prepared.study.study_name,
+                                      prepared.metric))
+    return callbacks
+
+
+def _run_here(prepared: PreparedStudy) -> None:
+    options = prepared.options
+    objective = make_objective(prepared.recipe, prepared.space, prepared.metric)
+    threads = options.threads if options.threads is not None else default_threads(1)
+    with _torch_threads(threads):
+        run_trials(prepared.study, objective, options.n_trials, options.timeout,
+                   _trial_callbacks(prepared), options.failure_cap, prepared.first_trial)
+
+
+def _run_workers(prepared: PreparedStudy) -> None:
+    from fasttricks.tune._workers import launch_workers
+
+    options = prepared.options.replace(threads=prepared.options.thread_count)
+    path = options.save(prepared.out_dir / OPTIONS_FILE)
+    codes = launch_workers(prepared.study, options, path)
+    _check_failures(prepared.study, options.failure_cap, prepared.first_trial)
+    if any(code != 0 for code in codes) and count_trials(prepared.study)["finished"] < \
+            options.n_trials:
+        _log.warning("workers ended early (exit codes %s): re-run the same command to resume",
+                     codes)
+
+
+def _announce(prepared: PreparedStudy) -> None:
+    options = prepared.options
+    if not options.progress or options.worker is not None:
+        return
+    done = count_trials(prepared.study)["finished"]
+    print(f"study {prepared.study.study_name!r}: {done}/{options.n_trials} trials finished, "
+          f"{prepared.study.direction.name.lower()} {prepared.metric}", flush=True)
+    print(prepared.pruner.describe(), flush=True)
+
+
+def _launcher_gone(options: TuneOptions) -> bool:
+    return options.launcher_pid is not None and os.getppid() != options.launcher_pid
+
+
+def _should_write_results(prepared: PreparedStudy) -> bool:
+    """The launcher writes the results; a worker does when the launcher died and no trial is
+    running any more (it is the last one to finish)."""
+    options = prepared.options
+    if not options.write_results:
+        return False
+    if options.worker is None:
+        return True
+    return _launcher_gone(options) and count_trials(prepared.study)["running"] == 0
+
+
+def _finish(prepared: PreparedStudy, summary: bool) -> None:
+    from fasttricks.tune._results import write_results
+
+    if not _should_write_results(prepared):
+        return
+    written = write_results(prepared.study, prepared.recipe, prepared.out_dir, prepared.space)
+    if summary and prepared.options.progress and prepared.options.worker is None:
+        print_summary(prepared.study, prepared.metric, written)
+
+
+def run_study(prepared: PreparedStudy) -> Any:
+    """Run the trials of a prepared study (here, or in worker processes) and write its results;
+    returns the ``optuna.Study``.
+
+    Raises:
+        TooManyFailures: ``max_failures`` trials of this run failed (results are still
+            written for the trials that finished).
+    """
+    import optuna
+
+    _announce(prepared)
+    # Our progress line reports a failed trial; Optuna's warning would add a traceback.
+    with optuna_log_level(optuna.logging.ERROR if prepared.options.progress else None):
+        try:
+            if prepared.options.uses_workers:
+                _run_workers(prepared)
+            else:
+                _run_here(prepared)
+        except (KeyboardInterrupt, TooManyFailures):
+            # The running trials are already recorded as FAIL (by Optuna in this process, by
+            # the launcher for workers); keep what the finished ones found.
+            _finish(prepared, summary=False)
+            raise
+        _finish(prepared, summary=True)
+    return prepared.study
 
 
 def tune(
     recipe: str | os.PathLike[str] | Mapping[str, Any],
     space: Any = None,
-    *,
-    pruner: str = "hyperband",
-    sampler: str = "tpe",
-    n_trials: int = 20,
-    timeout: float | None = None,
-    metric: str | None = None,
-    direction: str | None = None,
-    storage: str | None = None,
-    study_name: str | None = None,
-    seed: int | None = 0,
-    workers: int = 1,
-    gpus: Sequence[str] | None = None,
-    heartbeat: int | None = None,
-    max_retry: int | None = None,
-    mlflow: str | None = None,
-    out_dir: str | os.PathLike[str] | None = None,
-    root: str | os.PathLike[str] = "runs",
-    progress: bool = True,
-    write_results: bool = True,
-    progress_prefix: str = "",
-    threads: int | None = None,
+    options: TuneOptions | None = None,
+    **changes: Any,
 ) -> Any:
     """Tune ``recipe`` over ``space`` with Optuna; returns the ``optuna.Study``.
 
-    A trial sets each sampled value with ``set_in_recipe``, builds the learner with
-    ``build_learner``, fits it with ``fit_learner`` plus a :class:`PruningCallback` that reports
-    ``metric`` every epoch, and returns the metric of the last epoch. Re-running with the same
-    study name resumes: finished trials count toward ``n_trials``.
+    A trial applies its sampled values in one ``load_recipe(recipe, overrides)`` call, builds
+    the learner with ``build_learner``, fits it with ``fit_learner`` plus a
+    :class:`PruningCallback` that reports the metric every epoch, and returns the metric of the
+    last epoch. Re-running with the same study name resumes: finished trials count toward
+    ``n_trials``.
 
     Args:
         recipe: a recipe path or mapping (``fasttricks.recipes.load_recipe``).
         space: a search-space path or mapping (default: ``<recipe>.space.yaml`` beside it).
-        pruner: ``"hyperband"`` (default), ``"asha"``, ``"median"`` or ``"none"``.
-        sampler: ``"tpe"`` (default) or ``"random"``.
-        n_trials: finished trials (COMPLETE or PRUNED) the study should hold, default 20.
-        timeout: stop starting trials after this many seconds (default None).
-        metric, direction: what to optimize (default ``primary_metric(recipe)``).
-        storage: None (journal file ``<root>/<study>/journal.log``), a file path, or a
-            ``postgresql://`` / ``sqlite:///`` URL.
-        study_name: default ``"<recipe name>-<pruner>"``.
-        seed: sampler seed (worker ``i`` uses ``seed + i``), default 0.
-        workers: processes running trials at once, default 1 (this process).
-        gpus: GPU ids, one per worker in turn, via ``CUDA_VISIBLE_DEVICES`` (default None).
-        heartbeat, max_retry: RDB storages only: heartbeat seconds and retries of trials whose
-            worker died (default None: off).
-        mlflow: an MLflow tracking URI to log each trial to (needs ``mlflow``).
-        out_dir: where results go (default ``<root>/<study name>``).
-        root: the folder of study folders, default ``runs``.
-        progress: print one line per trial and the pruner plan (default True).
-        write_results: write ``best.yaml``, ``trials.csv`` and plots at the end (default True).
-        threads: torch CPU threads per worker while training (default
-            :func:`default_threads`: half the cores divided among the workers, at least 1).
+        options: a :class:`~fasttricks.tune.TuneOptions` (default ``TuneOptions()``).
+        **changes: option fields to change, e.g. ``pruner="asha", n_trials=10``.
 
     Raises:
         KeyError: unknown pruner, sampler or direction, or a space key not in the recipe.
-        ValueError: a malformed space, SQLite with several workers, conflicting study.
+        ValueError: a malformed space or option, SQLite with several workers, conflicting
+            study.
+        TooManyFailures: too many trials failed (``max_failures``).
+
+    Example::
+
+        study = tune("recipes/digits.yaml", pruner="asha", n_trials=10)
     """
-    import optuna
-
-    from fasttricks.tune._results import write_results as _write_results
-
-    check_range("workers", workers, low=1)
-    if timeout is not None:
-        check_range("timeout", timeout, low=0, low_inclusive=False)
-    study, resolved, parsed_space, metric = prepare_study(
-        recipe, space, pruner=pruner, sampler=sampler, n_trials=n_trials, metric=metric,
-        direction=direction, storage=storage, study_name=study_name, seed=seed,
-        workers=workers, heartbeat=heartbeat, max_retry=max_retry, root=root,
-    )
-    out = Path(out_dir) if out_dir is not None else Path(root) / study.study_name
-    if progress and not progress_prefix:
-        done = count_trials(study)["finished"]
-        print(f"study {study.study_name!r}: {done}/{n_trials} trials finished, "
-              f"{study.direction.name.lower()} {metric}", flush=True)
-        print(describe_pruner(study.pruner), flush=True)
-    with _optuna_log_level(optuna.logging.WARNING if progress else None):
-        if mlflow is not None:
-            from fasttricks.tune._mlflow import MLflowLogger
-
-            mlflow_logger = MLflowLogger(mlflow, study.study_name, metric)
-        try:
-            if workers > 1 or gpus:
-                from fasttricks.tune._workers import launch_workers
-
-                launch_workers(
-                    study, resolved, parsed_space, out, n_workers=workers, gpus=gpus,
-                    args=dict(pruner=pruner, sampler=sampler, n_trials=n_trials,
-                              timeout=timeout, metric=metric,
-                              direction=study.direction.name.lower(), storage=storage,
-                              seed=seed, heartbeat=heartbeat, max_retry=max_retry,
-                              mlflow=mlflow, threads=threads if threads is not None
-                              else default_threads(workers)),
-                    root=root,
-                )
-            else:
-                callbacks: list[Any] = []
-                if progress:
-                    callbacks.append(
-                        TrialProgress(metric, recipe_epochs(resolved), progress_prefix))
-                if mlflow is not None:
-                    callbacks.append(mlflow_logger)
-                objective = make_objective(resolved, parsed_space, metric)
-                with _torch_threads(threads if threads is not None else default_threads(1)):
-                    run_trials(study, objective, n_trials, timeout, callbacks)
-        except KeyboardInterrupt:
-            # The running trials are already recorded as FAIL (by Optuna in this process, by
-            # the launcher for workers); keep what the finished ones found.
-            if write_results:
-                _write_results(study, resolved, out, parsed_space)
-            raise
-        if write_results:
-            written = _write_results(study, resolved, out, parsed_space)
-            if progress:
-                _print_summary(study, metric, written)
-    return study
+    return run_study(prepare_study(recipe, space, options, **changes))
 
 
-@contextlib.contextmanager
-def _optuna_log_level(level: int | None) -> Iterator[None]:
-    """Optuna's own INFO line per trial would repeat ours: raise its level while we print."""
-    import optuna
-
-    if level is None:
-        yield
-        return
-    before = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(level)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(before)
-
-
-def _print_summary(study: Any, metric: str, written: Mapping[str, Path]) -> None:
-    counts = count_trials(study)
+def print_summary(study: Any, metric: str, written: Mapping[str, Path]) -> None:
+    """The closing lines: trials finished, pruned and failed, the best trial, the files."""
     from optuna.trial import TrialState
 
+    counts = count_trials(study)
     pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
     print(f"done: {counts['finished']} trials finished ({pruned} pruned), "
           f"{counts['failed']} failed", flush=True)

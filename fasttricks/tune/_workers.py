@@ -4,9 +4,16 @@ Each worker is a separate process (no threads, no distributed training) pinned t
 through ``CUDA_VISIBLE_DEVICES``; GPUs are dealt out in turn. All of them start trials from the
 same storage, so a worker on another machine joins by pointing at the same PostgreSQL URL.
 
-Ctrl-C reaches every worker (same process group): each records its running trial as FAIL and
-exits. The launcher then marks FAIL any trial a worker left RUNNING (killed without a chance to
-clean up), so nothing stays "running" forever and a resumed study starts clean.
+A worker's command line holds only its index and the path of the options file the launcher
+wrote once into the study folder; a database URL travels in the environment
+(:data:`~fasttricks.tune._options.STORAGE_ENV`), never on a command line that ``ps`` shows.
+
+This module also keeps the books of worker processes: which process runs a trial
+(:func:`worker_id`), whether it is still alive, and failing the trials of those that died.
+The launcher reaps a worker the moment it ends, so a worker killed with SIGKILL never lingers
+as a zombie that looks alive: its running trial is marked FAIL at once and another worker
+runs a replacement. Ctrl-C reaches every worker (same process group): each records its
+running trial as FAIL and exits.
 """
 
 from __future__ import annotations
@@ -14,29 +21,127 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
+from fasttricks.tune._logs import quiet_experimental
+from fasttricks.tune._options import STORAGE_ENV, TuneOptions
 
-from fasttricks._io import atomic_write_text
-from fasttricks._validate import check_range
-from fasttricks.tune._space import Param, space_spec
-from fasttricks.tune._storage import default_journal_path, storage_kind
-
-__all__ = ["launch_workers", "worker_env", "STOP_GRACE_SECONDS"]
+__all__ = [
+    "STOP_GRACE_SECONDS",
+    "WORKER_ATTR",
+    "fail_orphaned_trials",
+    "heartbeat_enabled",
+    "launch_workers",
+    "live_local_trials",
+    "pid_alive",
+    "worker_command",
+    "worker_env",
+    "worker_id",
+]
 
 _log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 30.0
+WORKER_ATTR = "worker"
 
 
-def worker_env(index: int, gpus: Sequence[str] | None) -> dict[str, str]:
-    """The environment of worker ``index``: this one, plus its GPU and the package on the path."""
+def worker_id() -> str:
+    """``host:pid`` of this process, stored on each trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a zombie counts until it is reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _local_pid(trial: Any) -> int | None:
+    """The pid of the process on this host that runs ``trial``, or None (another host)."""
+    owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
+    owner_host, _, pid_text = owner.rpartition(":")
+    if owner_host != socket.gethostname() or not pid_text.isdigit():
+        return None
+    return int(pid_text)
+
+
+def heartbeat_enabled(study: Any) -> bool:
+    """Whether the study's storage records heartbeats of running trials."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
+
+
+def _stale_callback(study: Any) -> Any:
+    getter = getattr(study._storage, "get_heartbeat_stale_trial_callback", None)
+    return getter() if getter is not None and heartbeat_enabled(study) else None
+
+
+def live_local_trials(study: Any) -> list[int]:
+    """Numbers of RUNNING trials owned by another live process of this host.
+
+    Such a trial may still fail (its process may be killed), so a worker that has nothing
+    left to start waits for them instead of leaving the study one trial short.
+    """
+    from optuna.trial import TrialState
+
+    numbers = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = _local_pid(trial)
+        if pid is not None and pid != os.getpid() and pid_alive(pid):
+            numbers.append(trial.number)
+    return numbers
+
+
+def fail_orphaned_trials(study: Any, pids: Sequence[int] | None = None) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker process on this host is gone.
+
+    A worker killed without a chance to clean up (SIGKILL, power loss) leaves its trial
+    RUNNING; without heartbeats nothing else would ever finish it. ``pids`` restricts the check
+    to these processes (default: any dead process of this host). When the storage has a
+    heartbeat-stale callback (``max_retry``), it runs for these trials too, so they are
+    re-queued. Returns the trial numbers.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = _local_pid(trial)
+        if pid is None or pid == os.getpid() or (pids is not None and pid not in pids):
+            continue
+        if pid_alive(pid):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        failed.append(trial.number)
+        retry = _stale_callback(study)
+        if retry is not None:
+            with quiet_experimental():
+                retry(study, study._storage.get_trial(trial._trial_id))
+    if failed:
+        _log.warning("marked trials %s FAIL: their worker process ended mid-trial", failed)
+    return failed
+
+
+def worker_env(index: int, gpus: Sequence[str] | None,
+               storage: str | None = None) -> dict[str, str]:
+    """The environment of worker ``index``: this one, plus its GPU, the package on the path and
+    the storage URL (in :data:`STORAGE_ENV`, kept off the command line)."""
     env = dict(os.environ)
     package_parent = str(Path(__file__).resolve().parents[2])
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -44,32 +149,17 @@ def worker_env(index: int, gpus: Sequence[str] | None) -> dict[str, str]:
         env["PYTHONPATH"] = os.pathsep.join([package_parent, *paths])
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus[index % len(gpus)])
+    if storage is not None:
+        env[STORAGE_ENV] = storage
+    else:
+        env.pop(STORAGE_ENV, None)
     return env
 
 
-def _space_yaml(space: Mapping[str, Param]) -> str:
-    return yaml.safe_dump(space_spec(space), sort_keys=False)
-
-
-def _command(index: int, study: Any, recipe_path: Path, space_path: Path, storage: str,
-             args: Mapping[str, Any]) -> list[str]:
-    cmd = [
-        sys.executable, "-m", "fasttricks.tune",
-        "--recipe", str(recipe_path), "--space", str(space_path),
-        "--study-name", study.study_name, "--storage", storage,
-        "--pruner", args["pruner"], "--sampler", args["sampler"],
-        "--n-trials", str(args["n_trials"]),
-        "--metric", args["metric"], "--direction", args["direction"],
-        "--worker", str(index),
-    ]
-    if args.get("seed") is not None:
-        cmd += ["--seed", str(args["seed"] + index)]
-    for flag, key in (("--timeout", "timeout"), ("--heartbeat", "heartbeat"),
-                      ("--max-retry", "max_retry"), ("--mlflow", "mlflow"),
-                      ("--threads", "threads")):
-        if args.get(key) is not None:
-            cmd += [flag, str(args[key])]
-    return cmd
+def worker_command(index: int, options_path: str | os.PathLike[str]) -> list[str]:
+    """The command line of worker ``index``: its index and the options file, nothing else."""
+    return [sys.executable, "-m", "fasttricks.tune", "--worker", str(index),
+            "--worker-options", os.fspath(options_path)]
 
 
 def _wait_all(procs: Sequence[subprocess.Popen], seconds: float) -> None:
@@ -95,63 +185,61 @@ def _stop(procs: Sequence[subprocess.Popen], grace: float) -> None:
             proc.wait()
 
 
-def launch_workers(
-    study: Any,
-    recipe: Mapping[str, Any],
-    space: Mapping[str, Param],
-    out_dir: str | os.PathLike[str],
-    *,
-    n_workers: int,
-    gpus: Sequence[str] | None = None,
-    args: Mapping[str, Any],
-    root: str | os.PathLike[str] = "runs",
-) -> list[int]:
-    """Run ``n_workers`` worker processes on ``study`` until they finish; returns exit codes.
+def _announce(options: TuneOptions) -> None:
+    gpus = options.gpus
+    if gpus:
+        plan = ", ".join(f"worker {i} -> GPU {gpus[i % len(gpus)]}"
+                         for i in range(options.workers))
+        print(f"{options.workers} workers: {plan}", flush=True)
+    else:
+        print(f"{options.workers} workers on this machine", flush=True)
 
-    The resolved recipe and the space are written to ``out_dir`` (``recipe.yaml``,
-    ``space.yaml``) so every worker, here or on another machine, tunes exactly the same thing.
+
+def _describe_exit(index: int, proc: subprocess.Popen) -> str:
+    code = proc.returncode
+    how = f"signal {-code}" if code < 0 else f"exit code {code}"
+    return f"worker {index} (pid {proc.pid}) ended with {how}"
+
+
+def _supervise(study: Any, procs: Sequence[subprocess.Popen], poll: float = 0.2) -> None:
+    """Wait for every worker; reap each the moment it ends and fail its running trial."""
+    done: set[int] = set()
+    while len(done) < len(procs):
+        for index, proc in enumerate(procs):
+            if index in done or proc.poll() is None:  # poll() reaps an ended child
+                continue
+            done.add(index)
+            if proc.returncode != 0:
+                print(_describe_exit(index, proc), flush=True)
+                fail_orphaned_trials(study, [proc.pid])
+        time.sleep(poll)
+
+
+def launch_workers(study: Any, options: TuneOptions,
+                   options_path: str | os.PathLike[str]) -> list[int]:
+    """Run ``options.workers`` worker processes on ``study`` until they end; returns exit codes.
 
     Args:
         study: the created study (its name and storage are shared).
-        recipe: the resolved recipe.
-        space: the parsed search space.
-        out_dir: the study's results folder.
-        n_workers: how many processes, >= 1.
-        gpus: GPU ids dealt to workers in turn (default None: leave CUDA_VISIBLE_DEVICES).
-        args: the tune options passed on (pruner, sampler, n_trials, timeout, metric,
-            direction, storage, seed, heartbeat, max_retry, mlflow).
-        root: the folder of default journal files.
+        options: the run's options (``workers``, ``gpus``, ``storage``).
+        options_path: the options file every worker reads (written once by the caller, next
+            to the study's ``recipe.yaml`` and ``space.yaml``).
     """
-    from fasttricks.tune._study import fail_orphaned_trials
+    from fasttricks.tune._storage import default_journal_path, storage_kind
 
-    check_range("n_workers", n_workers, low=1)
-    out = Path(out_dir)
-    recipe_path = atomic_write_text(out / "recipe.yaml", yaml.safe_dump(dict(recipe),
-                                                                        sort_keys=False))
-    space_path = atomic_write_text(out / "space.yaml", _space_yaml(space))
-    storage = args.get("storage")
+    storage = options.storage
     if storage_kind(storage) == "journal" and storage is None:
-        storage = str(default_journal_path(study.study_name, root))
+        storage = str(default_journal_path(study.study_name, options.root))
+    _announce(options)
     procs: list[subprocess.Popen] = []
-    if gpus:
-        plan = ", ".join(f"worker {i} -> GPU {gpus[i % len(gpus)]}" for i in range(n_workers))
-        print(f"{n_workers} workers: {plan}", flush=True)
-    else:
-        print(f"{n_workers} workers on this machine", flush=True)
     try:
-        for index in range(n_workers):
-            cmd = _command(index, study, recipe_path, space_path, storage, args)
-            procs.append(subprocess.Popen(cmd, env=worker_env(index, gpus)))
-        while any(proc.poll() is None for proc in procs):
-            time.sleep(0.5)
+        for index in range(options.workers):
+            procs.append(subprocess.Popen(worker_command(index, options_path),
+                                          env=worker_env(index, options.gpus, storage)))
+        _supervise(study, procs)
     except KeyboardInterrupt:
         _stop(procs, STOP_GRACE_SECONDS)
         fail_orphaned_trials(study, [p.pid for p in procs])
         raise
-    codes = [proc.returncode for proc in procs]
-    for index, code in enumerate(codes):
-        if code != 0:
-            how = f"signal {-code}" if code < 0 else f"exit code {code}"
-            print(f"worker {index} (pid {procs[index].pid}) ended with {how}", flush=True)
     fail_orphaned_trials(study, [p.pid for p in procs])
-    return codes
+    return [proc.returncode for proc in procs]
