@@ -212,7 +212,7 @@ def test_unknown_database_is_one_line_saying_how_to_create_it(postgres_url):
     assert "has no database 'no_such_db'" in message and "CREATE DATABASE no_such_db" in message
 
 
-def test_cli_with_a_wrong_password_prints_one_line_and_exits_1(postgres_url, tmp_path):
+def test_cli_with_a_wrong_password_prints_one_line_and_exits_2(postgres_url, tmp_path):
     # torch's own deprecation warnings on import are not the tuner's output
     env = dict(os.environ, PYTHONPATH=str(REPO), MPLBACKEND="Agg",
                PYTHONWARNINGS="ignore::FutureWarning")
@@ -220,7 +220,7 @@ def test_cli_with_a_wrong_password_prints_one_line_and_exits_1(postgres_url, tmp
     result = subprocess.run(
         [sys.executable, "-m", "fasttricks.tune", "--storage", url, "--n-trials", "1"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot open storage"), result.stderr
     assert "wrong-pw-77" not in result.stderr + result.stdout
