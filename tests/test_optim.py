@@ -329,9 +329,14 @@ def test_weight_decay_value_is_restored_after_each_step():
     assert opt.param_groups[0]["weight_decay"] == 0.3
 
 
-def test_torch_based_optimizers_use_foreach_kernels_on_cpu():
-    for name in ["adamw", "sgd_nesterov", "rmsprop"]:
-        opt = create_optimizer(make_model(torch.float32), name, 1e-3)
+def test_adamw_uses_the_fused_kernel_on_cpu_and_foreach_when_the_rule_is_custom():
+    model = make_model(torch.float32)
+    assert create_optimizer(model, "adamw", 1e-3).defaults["fused"] is True
+    for custom in ({"bn_wd": False}, {"true_wd": False}):
+        opt = create_optimizer(model, "adamw", 1e-3, **custom)
+        assert opt.defaults["foreach"] is True and not opt.defaults["fused"], custom
+    for name in ["sgd_nesterov", "rmsprop"]:
+        opt = create_optimizer(model, name, 1e-3)
         assert opt.defaults["foreach"] is True, name
         assert not opt.defaults.get("fused"), name
 

@@ -1,8 +1,11 @@
-"""Optimizers by name for fastai and plain PyTorch, with fast foreach Ranger/RangerAdaBelief.
+"""Optimizers by name for fastai and plain PyTorch, with fast fused Ranger/RangerAdaBelief.
 
 ``get_optimizer(name, **overrides)`` returns a fastai ``opt_func``;
 ``create_optimizer(model, name, lr, **overrides)`` a plain ``torch.optim.Optimizer``. Names
-live in ``optimizer_config_mapping`` (read-only) and are added with ``register_optimizer``.
+live in ``optimizer_config_mapping`` (read-only; each entry reads as attributes or as the
+cheatsheet's ``cfg["optimizer"]``, ``cfg["hyperparameters"]``, ``cfg["wd"]["true_wd"]``,
+``cfg["wd"]["bn_wd"]``, ``cfg.get("set_betas", True)``) and are added with ``register_optimizer``
+(an ``OptimizerConfig`` or a plain torch optimizer class such as ``torch.optim.NAdam``).
 
 Default hyperparameters (fastai's short names):
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 from ._config import (
     OptimizerConfig,
+    config_from_torch_class,
     get_config,
     list_optimizers,
     optimizer_config_mapping,
@@ -49,6 +53,7 @@ __all__ = [
     "Ranger",
     "RangerAdaBelief",
     "WeightDecayRules",
+    "config_from_torch_class",
     "create_optimizer",
     "get_config",
     "get_optimizer",

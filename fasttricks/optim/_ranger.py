@@ -166,7 +166,7 @@ class _RangerBase(torch.optim.Optimizer):
     block_numel: ClassVar[int] = BLOCK_NUMEL
     hyper_map: ClassVar[dict[str, str]] = {
         "mom": "betas__0", "sqr_mom": "betas__1", "eps": "eps", "wd": "weight_decay",
-        "k": "k", "alpha": "alpha", "use_gc": "use_gc",
+        "k": "k", "alpha": "alpha", "use_gc": "use_gc", "maximize": "maximize",
     }
 
     def __init__(
