@@ -20,7 +20,16 @@ rmsprop                 0.9    0.99     1e-8   0     torch's RMSprop
 ======================  =====  =======  =====  ====  =========================================
 
 All but adamw use decoupled weight decay (``true_wd=True``) and no decay on 1-D parameters
-(``bn_wd=False``). When sweeping an Adam-family eps, try 1.0, 0.1 and 0.01.
+(``bn_wd=False``). When sweeping an Adam-family eps, try 1.0, 0.1 and 0.01. Every optimizer
+takes ``maximize``; none writes to ``p.grad`` except gradient centralization (in place and
+idempotent, as in the reference Ranger).
+
+Kernels: adamw runs torch's fused AdamW kernel (CPU and CUDA) with its own rule
+(``true_wd=True, bn_wd=True``); another rule is applied outside torch's step, which then uses
+foreach kernels. Ranger's rectified steps run through the same fused kernel; RangerAdaBelief's
+through torch's fused SGD and Adam kernels on CPU (foreach on CUDA); RAdam's first
+un-rectified steps and anything the kernels cannot take (``fused=False``, non-contiguous or
+non-float tensors) use the foreach path.
 
 Example::
 

@@ -256,8 +256,8 @@ def get_config(name: str) -> OptimizerConfig:
     ``TypeError`` when ``name`` is not a string (e.g. None).
     """
     if not isinstance(name, str):
-        raise TypeError(f"name (the optimizer's name) must be a string such as 'ranger', got {name!r}; "
-                        f"known: {', '.join(_OPTIMIZERS.names())}")
+        raise TypeError(f"name (the optimizer's name) must be a string such as 'ranger', "
+                        f"got {name!r}; known: {', '.join(_OPTIMIZERS.names())}")
     return _OPTIMIZERS.get(name)
 
 
