@@ -329,9 +329,14 @@ def test_weight_decay_value_is_restored_after_each_step():
     assert opt.param_groups[0]["weight_decay"] == 0.3
 
 
-def test_torch_based_optimizers_use_foreach_kernels_on_cpu():
-    for name in ["adamw", "sgd_nesterov", "rmsprop"]:
-        opt = create_optimizer(make_model(torch.float32), name, 1e-3)
+def test_adamw_uses_the_fused_kernel_on_cpu_and_foreach_when_the_rule_is_custom():
+    model = make_model(torch.float32)
+    assert create_optimizer(model, "adamw", 1e-3).defaults["fused"] is True
+    for custom in ({"bn_wd": False}, {"true_wd": False}):
+        opt = create_optimizer(model, "adamw", 1e-3, **custom)
+        assert opt.defaults["foreach"] is True and not opt.defaults["fused"], custom
+    for name in ["sgd_nesterov", "rmsprop"]:
+        opt = create_optimizer(model, name, 1e-3)
         assert opt.defaults["foreach"] is True, name
         assert not opt.defaults.get("fused"), name
 
@@ -601,10 +606,20 @@ def test_cuda_mixed_precision_loop_with_grad_scaler_trains(name):
 @pytest.mark.cuda
 def test_cuda_parameters_are_not_cut_into_cache_blocks():
     model = nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 1024)).cuda()
-    opt = create_optimizer(model, "ranger", 1e-3)
+    opt = Ranger(model.parameters(), lr=1e-3, fused=False)
     opt.block_numel = 1000
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-    chains = opt._blocks(opt.param_groups[0])
-    assert [len(chain) for chain in chains.values()] == [1]
-    assert len(next(iter(chains.values()))[0].params) == 4
+    calls = []
+    original = Ranger._foreach_update
+
+    def counting(self, group, block, *args):
+        calls.append(len(block.params))
+        return original(self, group, block, *args)
+
+    Ranger._foreach_update = counting
+    try:
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+    finally:
+        Ranger._foreach_update = original
+    assert calls == [4]  # one multi-tensor launch per op over all four parameters

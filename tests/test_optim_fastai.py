@@ -3,6 +3,7 @@ discriminative learning rates, freezing, checkpoints and mixed precision work wi
 
 from __future__ import annotations
 
+import copy
 import pickle
 
 import numpy as np
@@ -159,6 +160,17 @@ def test_saved_and_reloaded_learner_continues_identically(name, tmp_path):
     learn2.load("ckpt", with_opt=True)
     quiet_fit(learn2, "fit", 1, lr)
     for p1, p2 in zip(learn.model.parameters(), learn2.model.parameters()):
+        torch.testing.assert_close(p1, p2, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["ranger", "rangeradabelief_nogc", "adamw"])
+def test_deep_copied_learner_fits_like_the_original(name):
+    learn = make_learner(name, shuffle=False)
+    quiet_fit(learn, "fit", 1, 1e-2)  # the optimizer has state now
+    clone = copy.deepcopy(learn)
+    quiet_fit(learn, "fit", 1, 1e-2)
+    quiet_fit(clone, "fit", 1, 1e-2)
+    for p1, p2 in zip(learn.model.parameters(), clone.model.parameters()):
         torch.testing.assert_close(p1, p2, atol=0, rtol=0)
 
 

@@ -1,8 +1,11 @@
-"""Optimizers by name for fastai and plain PyTorch, with fast foreach Ranger/RangerAdaBelief.
+"""Optimizers by name for fastai and plain PyTorch, with fast fused Ranger/RangerAdaBelief.
 
 ``get_optimizer(name, **overrides)`` returns a fastai ``opt_func``;
 ``create_optimizer(model, name, lr, **overrides)`` a plain ``torch.optim.Optimizer``. Names
-live in ``optimizer_config_mapping`` (read-only) and are added with ``register_optimizer``.
+live in ``optimizer_config_mapping`` (read-only; each entry reads as attributes or as the
+cheatsheet's ``cfg["optimizer"]``, ``cfg["hyperparameters"]``, ``cfg["wd"]["true_wd"]``,
+``cfg["wd"]["bn_wd"]``, ``cfg.get("set_betas", True)``) and are added with ``register_optimizer``
+(an ``OptimizerConfig`` or a plain torch optimizer class such as ``torch.optim.NAdam``).
 
 Default hyperparameters (fastai's short names):
 
@@ -17,7 +20,16 @@ rmsprop                 0.9    0.99     1e-8   0     torch's RMSprop
 ======================  =====  =======  =====  ====  =========================================
 
 All but adamw use decoupled weight decay (``true_wd=True``) and no decay on 1-D parameters
-(``bn_wd=False``). When sweeping an Adam-family eps, try 1.0, 0.1 and 0.01.
+(``bn_wd=False``). When sweeping an Adam-family eps, try 1.0, 0.1 and 0.01. Every optimizer
+takes ``maximize``; none writes to ``p.grad`` except gradient centralization (in place and
+idempotent, as in the reference Ranger).
+
+Kernels: adamw runs torch's fused AdamW kernel (CPU and CUDA) with its own rule
+(``true_wd=True, bn_wd=True``); another rule is applied outside torch's step, which then uses
+foreach kernels. Ranger's rectified steps run through the same fused kernel; RangerAdaBelief's
+through torch's fused SGD and Adam kernels on CPU (foreach on CUDA); RAdam's first
+un-rectified steps and anything the kernels cannot take (``fused=False``, non-contiguous or
+non-float tensors) use the foreach path.
 
 Example::
 
@@ -30,6 +42,7 @@ from __future__ import annotations
 
 from ._config import (
     OptimizerConfig,
+    config_from_torch_class,
     get_config,
     list_optimizers,
     optimizer_config_mapping,
@@ -49,6 +62,7 @@ __all__ = [
     "Ranger",
     "RangerAdaBelief",
     "WeightDecayRules",
+    "config_from_torch_class",
     "create_optimizer",
     "get_config",
     "get_optimizer",

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
+import inspect
 from collections.abc import Iterator, Mapping
-from types import MappingProxyType
 from typing import Any
 
-from .._validate import check_choice
+import torch
+
+from ..registry import Registry
+from ._decay import WeightDecayRules
 from ._ranger import Ranger, RangerAdaBelief
 from ._torch_optims import SGD, AdamW, RMSprop
 
 __all__ = [
     "OptimizerConfig",
+    "config_from_torch_class",
     "get_config",
     "list_optimizers",
     "optimizer_config_mapping",
@@ -96,44 +99,166 @@ class OptimizerConfig:
     @property
     def allowed_overrides(self) -> tuple[str, ...]:
         """Keyword overrides accepted by ``get_optimizer``/``create_optimizer``."""
-        return (*self.hyperparameters, "true_wd", "bn_wd")
+        extra = [k for k in ("maximize",) if k in self.optimizer.hyper_map
+                 and k not in self.hyperparameters]
+        return (*self.hyperparameters, "true_wd", "bn_wd", *extra)
+
+    # the cheatsheet's dictionary spelling: cfg["optimizer"], cfg["hyperparameters"],
+    # cfg["wd"]["true_wd"], cfg["wd"]["bn_wd"], cfg.get("set_betas", True)
+    _KEYS = ("optimizer", "hyperparameters", "wd", "set_betas", "description")
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "wd":
+            return FrozenHypers({"true_wd": self.true_wd, "bn_wd": self.bn_wd})
+        if key in self._KEYS:
+            return getattr(self, key)
+        raise KeyError(f"OptimizerConfig has no key {key!r}; keys: {', '.join(self._KEYS)}")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``self[key]`` if ``key`` is one of :meth:`keys`, else ``default``."""
+        return self[key] if key in self._KEYS else default
+
+    def keys(self) -> tuple[str, ...]:
+        """The dictionary keys: optimizer, hyperparameters, wd (true_wd, bn_wd), set_betas,
+        description."""
+        return self._KEYS
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._KEYS
 
 
-_REGISTRY: dict[str, OptimizerConfig] = {}
+def _check_entry(name: str, config: OptimizerConfig) -> None:
+    if not isinstance(config, OptimizerConfig):
+        raise TypeError(f"config must be an OptimizerConfig or a torch.optim.Optimizer subclass, "
+                        f"got {type(config).__name__}")
+
+
+_OPTIMIZERS: Registry[OptimizerConfig] = Registry("optimizer", check=_check_entry)
+_REGISTRY = _OPTIMIZERS._entries  # the live dict behind the registry (tests clean up through it)
 
 #: Read-only live view ``name -> OptimizerConfig`` of every registered optimizer.
-optimizer_config_mapping: Mapping[str, OptimizerConfig] = MappingProxyType(_REGISTRY)
+optimizer_config_mapping: Mapping[str, OptimizerConfig] = _OPTIMIZERS.view
+
+# fastai's short names for torch's constructor arguments (betas is split into mom/sqr_mom)
+_FASTAI_NAMES = {"momentum": "mom", "weight_decay": "wd", "eps": "eps"}
 
 
-def register_optimizer(name: str, config: OptimizerConfig, overwrite: bool = False) -> None:
-    """Register ``config`` under ``name`` (lower-cased); ``overwrite`` replaces an existing name.
+def _torch_hyper_map(cls: type) -> tuple[dict[str, str], dict[str, Any]]:
+    """(hyper_map, defaults under fastai names) read from a torch optimizer's signature."""
+    try:
+        sig = inspect.signature(cls.__init__)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"cannot read the signature of {cls.__name__}: {err}") from None
+    names = [n for n in sig.parameters if n != "self"]
+    if not names or names[0] != "params":
+        raise TypeError(f"{cls.__name__}.__init__ must take `params` first, got {names}")
+    hyper_map: dict[str, str] = {}
+    defaults: dict[str, Any] = {}
+    for name in names[1:]:
+        param = sig.parameters[name]
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or name == "lr":
+            continue
+        if param.default is param.empty:
+            raise TypeError(f"{cls.__name__} argument {name!r} has no default; register an "
+                            "OptimizerConfig with a subclass that gives it one")
+        value = param.default
+        if name == "betas":
+            if not (isinstance(value, tuple) and len(value) == 2):
+                raise TypeError(f"{cls.__name__} betas default must be a pair, got {value!r}")
+            hyper_map.update({"mom": "betas__0", "sqr_mom": "betas__1"})
+            defaults.update({"mom": value[0], "sqr_mom": value[1]})
+            continue
+        short = _FASTAI_NAMES.get(name, name)
+        if name == "alpha" and "momentum" in names and "betas" not in names:
+            short = "sqr_mom"  # RMSprop-like: alpha is the squared-gradient smoothing
+        if name in ("foreach", "fused", "capturable", "differentiable"):
+            continue  # kernel choices, not hyperparameters
+        if short in hyper_map:
+            raise TypeError(f"{cls.__name__}: both {hyper_map[short]!r} and {name!r} map to "
+                            f"fastai's {short!r}")
+        hyper_map[short] = name
+        if value is not None:
+            defaults[short] = value
+    if "lr" not in names:
+        raise TypeError(f"{cls.__name__}.__init__ takes no `lr`; fastai needs one")
+    return hyper_map, defaults
 
-    Raises ``ValueError`` if the name is taken and ``overwrite`` is False, ``TypeError`` if
-    ``config`` is not an :class:`OptimizerConfig`.
+
+def _wrap_torch_class(cls: type) -> type:
+    """``cls`` with fasttricks' weight-decay rules and a ``hyper_map`` from its signature.
+
+    Its own ``weight_decay`` is L2 on the gradient (torch's Adam, NAdam, RAdam, ...) unless the
+    class is decoupled by name (AdamW); so the defaults ``true_wd=False, bn_wd=True`` leave the
+    optimizer exactly as torch has it.
     """
-    if not isinstance(config, OptimizerConfig):
-        raise TypeError(f"config must be an OptimizerConfig, got {type(config).__name__}")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name must be a non-empty string, got {name!r}")
-    key = name.lower()
-    if key in _REGISTRY and not overwrite:
-        raise ValueError(f"optimizer {key!r} is already registered; pass overwrite=True")
-    _REGISTRY[key] = config
+    hyper_map, _ = _torch_hyper_map(cls)
+    native_true_wd = issubclass(cls, torch.optim.AdamW)
+
+    def __init__(self: Any, params: Any, *args: Any, true_wd: bool = native_true_wd,
+                 bn_wd: bool = True, **kwargs: Any) -> None:
+        cls.__init__(self, params, *args, **kwargs)
+        self._init_rules(true_wd, bn_wd)
+
+    return type(cls.__name__, (WeightDecayRules, cls), {
+        "__init__": __init__, "hyper_map": hyper_map, "native_true_wd": native_true_wd,
+        "__module__": __name__, "__doc__": f"torch's {cls.__name__} with fasttricks' "
+                                           "weight-decay rules (true_wd, bn_wd).",
+    })
+
+
+def config_from_torch_class(cls: type, description: str = "") -> OptimizerConfig:
+    """An :class:`OptimizerConfig` for a plain ``torch.optim.Optimizer`` subclass.
+
+    The fastai-name map comes from the constructor's signature: ``betas`` -> ``mom``/``sqr_mom``,
+    ``momentum`` -> ``mom``, ``alpha`` -> ``sqr_mom`` (RMSprop-likes: momentum and no betas),
+    ``weight_decay`` -> ``wd``, ``eps`` -> ``eps``; other keywords keep their names. Defaults are
+    the signature's; the rule is the class's own weight decay (``true_wd`` True only for AdamW
+    subclasses, ``bn_wd=True``). Raises ``TypeError`` naming what cannot be mapped.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise TypeError(f"expected a torch.optim.Optimizer subclass, got {cls!r}")
+    _, defaults = _torch_hyper_map(cls)
+    wrapped = _wrap_torch_class(cls)
+    return OptimizerConfig(wrapped, defaults, true_wd=wrapped.native_true_wd, bn_wd=True,
+                           set_betas="mom" in wrapped.hyper_map,
+                           description=description or f"torch.optim.{cls.__name__}")
+
+
+def register_optimizer(
+    name: str, config: OptimizerConfig | type, overwrite: bool = False
+) -> None:
+    """Register ``config`` under ``name`` (stripped, lower-cased); ``overwrite`` replaces a name.
+
+    ``config`` is an :class:`OptimizerConfig`, or a plain ``torch.optim.Optimizer`` subclass
+    such as ``torch.optim.NAdam`` (see :func:`config_from_torch_class`). Raises ``ValueError`` if
+    the name is taken and ``overwrite`` is False, ``TypeError`` if ``config`` is neither.
+
+    Example::
+
+        >>> import torch
+        >>> register_optimizer("nadam", torch.optim.NAdam)
+        >>> optimizer_config_mapping["nadam"]["hyperparameters"]["mom"]
+        0.9
+    """
+    if isinstance(config, type) and not hasattr(config, "hyper_map"):
+        config = config_from_torch_class(config)
+    _OPTIMIZERS.register(name, config, overwrite=overwrite)  # type: ignore[arg-type]
 
 
 def list_optimizers(pattern: str | None = None) -> list[str]:
     """Sorted registered names, optionally filtered by a glob ``pattern`` (e.g. ``"ranger*"``)."""
-    names = sorted(_REGISTRY)
-    if pattern is None:
-        return names
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern.lower())]
+    return _OPTIMIZERS.names(pattern)
 
 
 def get_config(name: str) -> OptimizerConfig:
-    """The config registered under ``name``; ``KeyError`` lists known names and the closest."""
-    key = name.lower() if isinstance(name, str) else name
-    check_choice("optimizer", key, sorted(_REGISTRY))
-    return _REGISTRY[key]
+    """The config registered under ``name``; ``KeyError`` lists known names and the closest.
+
+    ``TypeError`` when ``name`` is not a string (e.g. None).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name (the optimizer's name) must be a string such as 'ranger', "
+                        f"got {name!r}; known: {', '.join(_OPTIMIZERS.names())}")
+    return _OPTIMIZERS.get(name)
 
 
 def _register_defaults() -> None:

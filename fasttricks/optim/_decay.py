@@ -56,11 +56,15 @@ class WeightDecayRules:
     The wrapped optimizer keeps ``weight_decay`` in its parameter groups (so schedulers and fastai
     set it as usual). When a group's rule is exactly the wrapped optimizer's native one
     (``native_true_wd`` and ``bn_wd=True``), its own (possibly fused) kernel applies the decay;
-    otherwise the decay is applied here, with foreach ops on the selected parameters, and the
-    inner step runs with ``weight_decay=0``.
+    otherwise the decay is applied here and the inner step runs with ``weight_decay=0``:
+    decoupled decay with foreach ops on the selected parameters, L2 by handing the inner step
+    gradients ``g + wd*p`` in place of ``p.grad`` for that step (``p.grad`` itself is never
+    changed, so a second step on the same backward does not count the decay twice).
     """
 
     native_true_wd: bool = False
+    #: the inner step writes into the gradients it is given (torch's foreach Nesterov SGD does)
+    writes_grads: bool = False
 
     def _init_rules(self, true_wd: bool, bn_wd: bool) -> None:
         self.defaults["true_wd"] = bool(true_wd)
@@ -72,6 +76,9 @@ class WeightDecayRules:
     def _is_native(self, group: dict[str, Any]) -> bool:
         return group["bn_wd"] and group["true_wd"] == self.native_true_wd
 
+    def _inner_writes_grads(self, group: dict[str, Any]) -> bool:
+        return self.writes_grads
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """Apply the weight-decay rule, then the wrapped optimizer's own step."""
@@ -80,21 +87,39 @@ class WeightDecayRules:
             with torch.enable_grad():
                 loss = closure()
         saved: list[tuple[dict[str, Any], Any]] = []
-        for group in self.param_groups:
-            wd = group["weight_decay"]
-            if self._is_native(group) or wd == 0:
-                continue
-            params, grads = [], []
-            for p in group["params"]:
-                if p.grad is not None and decays(p, group["bn_wd"]):
-                    params.append(p)
-                    grads.append(p.grad)
-            apply_weight_decay(params, grads, group["lr"], wd, group["true_wd"])
-            saved.append((group, wd))
-            group["weight_decay"] = 0.0
+        swapped: list[tuple[Tensor, Tensor]] = []
         try:
+            for group in self.param_groups:
+                wd = group.get("weight_decay", 0.0)
+                protect = self._inner_writes_grads(group)
+                if (self._is_native(group) or wd == 0) and not protect:
+                    continue
+                l2 = not group["true_wd"] and wd != 0 and not self._is_native(group)
+                # torch negates the gradient before adding L2, so -(g - wd*p) = -g + wd*p
+                sign = -1.0 if group.get("maximize", False) else 1.0
+                decoupled = []
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    chosen = wd != 0 and decays(p, group["bn_wd"])
+                    if l2 and chosen:
+                        swapped.append((p, p.grad))
+                        p.grad = p.grad.add(p.detach(), alpha=sign * wd)
+                        continue
+                    if protect:
+                        swapped.append((p, p.grad))
+                        p.grad = p.grad.clone()
+                    if chosen and group["true_wd"] and not self._is_native(group):
+                        decoupled.append(p)
+                if decoupled:
+                    apply_weight_decay(decoupled, [], group["lr"], wd, True)
+                if wd != 0 and not self._is_native(group):
+                    saved.append((group, wd))
+                    group["weight_decay"] = 0.0
             _unhooked(super().step)()  # type: ignore[misc]
         finally:
             for group, wd in saved:
                 group["weight_decay"] = wd
+            for p, grad in swapped:
+                p.grad = grad
         return loss

@@ -104,13 +104,16 @@ def create_optimizer(
 
     Same maths and weight-decay rules as :func:`get_optimizer`. Overrides use fastai's short
     names (``mom``, ``sqr_mom``, ``eps``, ``wd``, ``k``, ``alpha``, ``use_gc``, ``nesterov``,
-    ``true_wd``, ``bn_wd``).
+    ``true_wd``, ``bn_wd``, ``maximize``). ``lr`` is required (``TypeError`` if None).
 
     Example::
 
         >>> import torch
         >>> opt = create_optimizer(torch.nn.Linear(3, 1), "ranger", lr=1e-3, wd=1e-2)
     """
+    if lr is None:
+        raise TypeError(f"create_optimizer needs a learning rate: lr must be a number >= 0 "
+                        f"(e.g. lr=1e-3), got None for optimizer {name!r}")
     config, hypers = resolve_hyperparameters(name, lr=lr, **overrides)
     hypers.pop("lr")
     kwargs = torch_kwargs(config.optimizer, hypers)
@@ -128,7 +131,8 @@ class OptFunc:
     """
 
     def __init__(self, name: str, overrides: Mapping[str, Any] | None = None) -> None:
-        self.name = name.lower()
+        get_config(name)  # TypeError for a non-string, KeyError for an unknown name
+        self.name = name.strip().lower()
         self.overrides = dict(overrides or {})
         self.config, self.hypers = resolve_hyperparameters(self.name, **self.overrides)
 

@@ -13,10 +13,17 @@
   "belief" ``s = b2*s + (1-b2)*(g - m)^2 + eps`` instead of ``g^2``.
 
 Ranger is Less Wright's combination of the first three (2019); RangerAdaBelief adds the fourth.
-Every elementwise update runs with ``torch._foreach_*`` over all parameters of a parameter group
-that share device, dtype and step count. On CPU the lists are cut into cache-sized blocks (whole
-rows, about ``BLOCK_NUMEL`` elements each): the ~10 elementwise passes of a step then re-read a
-block from cache instead of main memory, which makes a CPU step cost less than torch's AdamW.
+
+Speed: a rectified RAdam step is Adam's step with learning rate ``lr*r_t`` and eps
+``eps/sqrt(1-b2^t)``, so on CPU and CUDA it runs through torch's fused AdamW kernel (one pass over
+parameters, gradients and moments, like ``torch.optim.AdamW(fused=True)``). RangerAdaBelief's
+rectified step (CPU) is torch's fused SGD kernel, used to write the new first moment and
+``g - m``, followed by the same Adam kernel with ``beta1 ~ 1`` (see ``_fused_update``). Where the
+kernels do not apply (RAdam's first un-rectified steps, non-contiguous or non-float tensors,
+other devices, ``fused=False``, RangerAdaBelief on CUDA) the step is ``torch._foreach_*`` over all
+parameters of a group that share device, dtype and step count, cut into cache-sized blocks on
+CPU. Complex parameters are updated as their real views, as ``torch.optim.RAdam`` does;
+gradient centralization takes the complex mean.
 """
 
 from __future__ import annotations
@@ -66,28 +73,28 @@ def _rectification(step: int, beta2: float) -> float | None:
     return math.sqrt(num / den)
 
 
-# Elements per cache block: the update runs block by block, so the ~10 elementwise passes of one
-# step re-read a block from cache instead of memory (2**18 floats = 1 MiB per buffer).
+# Elements per cache block of the foreach path on CPU: its ~10 elementwise passes re-read a block
+# from cache instead of memory (2**18 floats = 1 MiB per buffer).
 BLOCK_NUMEL = 2**18
+# Elements per block of the fused AdaBelief path (bounds its scratch buffer to 4 MiB in float32).
+SCRATCH_NUMEL = 2**20
 _NO_LIMIT = 2**62
+# RangerAdaBelief's fused path runs torch's Adam kernel with beta1 = 1 - 2**-40, so the kernel
+# leaves the (already updated) first moment alone to 1e-12; its bias correction is then exactly
+# 2**-40 at kernel step 1, which the learning rate passed to it undoes exactly.
+_FROZEN = 2.0**-40
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _fused_kernels_available() -> bool:
+    return hasattr(torch, "_fused_adamw_") and hasattr(torch, "_fused_sgd_")
 
 
 class _Block:
     """Slices of parameters (same group, device, dtype and step) updated by one set of foreach
-    calls. Rows of a parameter are never split, so centralization can work block by block."""
+    calls; every tensor is real (complex ones are viewed as real)."""
 
-    __slots__ = (
-        "exp_avg_sqs",
-        "exp_avgs",
-        "gc_dims",
-        "gc_grads",
-        "grads",
-        "numel",
-        "params",
-        "slow",
-        "wd_grads",
-        "wd_params",
-    )
+    __slots__ = ("decay", "exp_avg_sqs", "exp_avgs", "grads", "numel", "params", "slow")
 
     def __init__(self) -> None:
         self.params: list[Tensor] = []
@@ -95,52 +102,71 @@ class _Block:
         self.exp_avgs: list[Tensor] = []
         self.exp_avg_sqs: list[Tensor] = []
         self.slow: list[Tensor] = []
-        self.gc_grads: list[Tensor] = []
-        self.gc_dims: list[tuple[int, ...]] = []
-        self.wd_params: list[Tensor] = []
-        self.wd_grads: list[Tensor] = []
+        self.decay: list[bool] = []
         self.numel = 0
 
-    def add(self, tensors: tuple[Tensor, ...], gc_dims: tuple[int, ...] | None, wd: bool) -> None:
+    def add(self, tensors: tuple[Tensor, ...], decay: bool) -> None:
         p, g, m, s, w = tensors
         self.params.append(p)
         self.grads.append(g)
         self.exp_avgs.append(m)
         self.exp_avg_sqs.append(s)
         self.slow.append(w)
-        if gc_dims is not None:
-            self.gc_grads.append(g)
-            self.gc_dims.append(gc_dims)
-        if wd:
-            self.wd_params.append(p)
-            self.wd_grads.append(g)
+        self.decay.append(decay)
         self.numel += p.numel()
 
+    def split(self, limit: int) -> list[_Block]:
+        """This block cut into blocks of about ``limit`` elements (whole rows)."""
+        chain = [_Block()]
+        for tensors, decay in zip(zip(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs,
+                                      self.slow), self.decay):
+            for pieces in _row_slices(tensors, limit):
+                if chain[-1].numel >= limit:
+                    chain.append(_Block())
+                chain[-1].add(pieces, decay)
+        return chain
 
-def _row_slices(
-    tensors: tuple[Tensor, ...], block_numel: int
-) -> list[tuple[tuple[Tensor, ...], bool]]:
-    """Split same-shape contiguous tensors into row blocks of about ``block_numel`` elements.
+    def decayed(self, want: bool) -> tuple[list[Tensor], ...]:
+        """(params, grads, exp_avgs, exp_avg_sqs) of the tensors whose decay flag is ``want``."""
+        keep = [i for i, d in enumerate(self.decay) if d == want]
+        return tuple([lst[i] for i in keep] for lst in (self.params, self.grads, self.exp_avgs,
+                                                         self.exp_avg_sqs))
 
-    Returns ``(slices, is_2d_view)`` pairs; tensors that are not all contiguous are returned
-    whole (``is_2d_view`` False).
-    """
+
+def _row_slices(tensors: tuple[Tensor, ...], block_numel: int) -> list[tuple[Tensor, ...]]:
+    """Split same-shape contiguous tensors into row blocks of about ``block_numel`` elements
+    (tensors that are small or not all contiguous are returned whole)."""
     first = tensors[0]
     if first.numel() <= block_numel or not all(t.is_contiguous() for t in tensors):
-        return [(tensors, False)]
+        return [tensors]
     rows = first.shape[0] if first.ndim > 1 else first.numel()
     row_numel = first.numel() // rows
     step = max(1, block_numel // row_numel)
-    views = [t.view(rows, row_numel) for t in tensors]
-    parts = [v.split(step, dim=0) for v in views]
-    return [(tuple(part[i] for part in parts), True) for i in range(len(parts[0]))]
+    parts = [t.view(rows, row_numel).split(step, dim=0) for t in tensors]
+    return [tuple(part[i] for part in parts) for i in range(len(parts[0]))]
+
+
+def _real(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _centralize(grads: list[Tensor]) -> None:
+    """Gradient centralization in place: g -= mean of g over all dims but the first (complex
+    gradients take the complex mean). torch has no foreach reduction over dims, so the row means
+    are one call per tensor; the subtraction is one foreach call."""
+    if grads:
+        means = [g.mean(dim=tuple(range(1, g.ndim)), keepdim=True) for g in grads]
+        torch._foreach_sub_(grads, means)
 
 
 class _RangerBase(torch.optim.Optimizer):
     adabelief: ClassVar[bool] = False
+    #: elements per cache block of the foreach path on CPU (results do not depend on it); an
+    #: instance may override it
+    block_numel: ClassVar[int] = BLOCK_NUMEL
     hyper_map: ClassVar[dict[str, str]] = {
         "mom": "betas__0", "sqr_mom": "betas__1", "eps": "eps", "wd": "weight_decay",
-        "k": "k", "alpha": "alpha", "use_gc": "use_gc",
+        "k": "k", "alpha": "alpha", "use_gc": "use_gc", "maximize": "maximize",
     }
 
     def __init__(
@@ -155,20 +181,30 @@ class _RangerBase(torch.optim.Optimizer):
         use_gc: bool,
         true_wd: bool,
         bn_wd: bool,
+        maximize: bool = False,
+        fused: bool | None = None,
     ) -> None:
         validate_ranger_args(lr, betas, eps, weight_decay, k, alpha)
+        if fused and not _fused_kernels_available():
+            raise RuntimeError("fused=True needs torch._fused_adamw_ and torch._fused_sgd_ "
+                               f"(torch >= 2.4), this is torch {torch.__version__}")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
                     "k": k, "alpha": alpha, "use_gc": bool(use_gc), "true_wd": bool(true_wd),
-                    "bn_wd": bool(bn_wd)}
+                    "bn_wd": bool(bn_wd), "maximize": bool(maximize), "fused": fused}
         if isinstance(params, Tensor):
             params = [params]
         super().__init__(params, defaults)
-        #: elements per cache block on CPU (see BLOCK_NUMEL); results do not depend on it
-        self.block_numel = BLOCK_NUMEL
 
-    def _blocks(self, group: dict[str, Any]) -> dict[tuple[Any, ...], list[_Block]]:
-        """Cache blocks of the group's parameters with gradients, keyed by device/dtype/step."""
-        blocks: dict[tuple[Any, ...], list[_Block]] = {}
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # optimizers pickled before these options existed
+            group.setdefault("maximize", False)
+            group.setdefault("fused", None)
+
+    def _collect(self, group: dict[str, Any]) -> dict[tuple[Any, ...], _Block]:
+        """The group's parameters with gradients, keyed by device/dtype/step, with gradient
+        centralization, maximize and L2 decay already applied to the gradients they carry."""
+        keyed: dict[tuple[Any, ...], list[tuple[Tensor, Tensor, dict[str, Any], bool]]] = {}
         use_gc, bn_wd, wd = group["use_gc"], group["bn_wd"], group["weight_decay"]
         for p in group["params"]:
             grad = p.grad
@@ -184,51 +220,137 @@ class _RangerBase(torch.optim.Optimizer):
                 state["slow_buffer"] = p.detach().clone(memory_format=torch.preserve_format)
             key = (p.device, p.dtype, state["step"])
             state["step"] += 1
-            chain = blocks.get(key)
-            if chain is None:
-                chain = blocks[key] = [_Block()]
-            tensors = (p, grad, state["exp_avg"], state["exp_avg_sq"], state["slow_buffer"])
-            gc = use_gc and p.ndim > 1
-            decay = wd != 0 and decays(p, bn_wd)
-            # cache blocks help CPUs; on accelerators one multi-tensor launch per op is best
-            limit = self.block_numel if p.device.type == "cpu" else _NO_LIMIT
-            for pieces, is_view in _row_slices(tensors, limit):
-                if chain[-1].numel >= limit:
-                    chain.append(_Block())
-                gc_dims = ((1,) if is_view else tuple(range(1, p.ndim))) if gc else None
-                chain[-1].add(pieces, gc_dims, decay)
-        return blocks
+            keyed.setdefault(key, []).append((p, grad, state, wd != 0 and decays(p, bn_wd)))
+        l2 = not group["true_wd"] and wd != 0
+        out: dict[tuple[Any, ...], _Block] = {}
+        for key, items in keyed.items():
+            grads = [g for _, g, _, _ in items]
+            if use_gc:
+                # in place on p.grad, as the reference implementations do (it is idempotent, so
+                # a second step on the same gradients centralizes nothing more)
+                _centralize([g for (p, g, _, _) in items if p.ndim > 1])
+            if group["maximize"]:
+                grads = torch._foreach_neg(grads)
+            if l2:
+                # L2 goes into a copy: p.grad keeps the gradient the backward pass made
+                idx = [i for i, (_, _, _, d) in enumerate(items) if d]
+                if idx:
+                    if not group["maximize"]:
+                        grads = list(grads)
+                    dec = torch._foreach_add([grads[i] for i in idx],
+                                             [items[i][0].detach() for i in idx], alpha=wd)
+                    if use_gc:
+                        _centralize([g for g in dec if g.ndim > 1])
+                    for i, g in zip(idx, dec):
+                        grads[i] = g
+            block = _Block()
+            for (p, _, state, decay), g in zip(items, grads):
+                tensors = (p.detach(), g, state["exp_avg"], state["exp_avg_sq"],
+                           state["slow_buffer"])
+                block.add(tuple(_real(t) for t in tensors), decay and not l2)
+            out[key] = block
+        return out
+
+    def _use_fused(self, group: dict[str, Any], block: _Block, rect: float | None) -> bool:
+        if group.get("fused") is False or rect is None or not _fused_kernels_available():
+            return False
+        p = block.params[0]
+        if self.adabelief and (group["betas"][0] == 0 or p.device.type != "cpu"):
+            return False  # the AdaBelief remapping is checked on CPU kernels only
+        if p.device.type not in ("cpu", "cuda") or p.dtype not in _FUSED_DTYPES:
+            return False
+        return all(t.is_contiguous() for lst in (block.params, block.grads, block.exp_avgs,
+                                                 block.exp_avg_sqs) for t in lst)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One optimizer step; ``closure`` (optional) re-evaluates the model and returns the loss.
 
         Like the reference implementations, gradient centralization is applied to ``p.grad`` in
-        place.
+        place (it is idempotent); nothing else writes to ``p.grad``.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for (_, _, prev_step), chain in self._blocks(group).items():
-                for block in chain:
-                    self._update(group, block, prev_step + 1)
+            for (_, _, prev_step), block in self._collect(group).items():
+                step = prev_step + 1
+                rect = _rectification(step, group["betas"][1])
+                if self._use_fused(group, block, rect):
+                    self._fused_update(group, block, step, rect)  # type: ignore[arg-type]
+                else:
+                    on_cpu = block.params[0].device.type == "cpu"
+                    for piece in block.split(self.block_numel if on_cpu else _NO_LIMIT):
+                        self._foreach_update(group, piece, step, rect)
+                if step % group["k"] == 0:
+                    # lookahead: slow += alpha*(fast - slow); fast = slow
+                    torch._foreach_lerp_(block.slow, block.params, group["alpha"])
+                    torch._foreach_copy_(block.params, block.slow)
         return loss
 
-    def _update(self, group: dict[str, Any], b: _Block, step: int) -> None:
+    def _fused_update(self, group: dict[str, Any], b: _Block, step: int, rect: float) -> None:
+        """A rectified step with torch's fused Adam kernels (one pass over the tensors).
+
+        RAdam's rectified step ``p -= lr*r*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps)`` is Adam's
+        step with learning rate ``lr*r`` and eps ``eps/sqrt(1-b2^t)``; the kernel's decoupled
+        decay ``p *= 1 - lr'*wd'`` gets ``wd' = lr*wd/lr'``.
+        """
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        beta1, beta2 = group["betas"]
+        device = b.params[0].device
+        if not self.adabelief:
+            lr_k = lr * rect
+            eps_k = eps / math.sqrt(1.0 - beta2**step)
+            steps = torch.full((), float(step), dtype=torch.float32, device=device)
+            self._kernel(b, steps, lr_k, beta1, beta2, eps_k, lr * wd, None)
+            return
+        # AdaBelief: one fused SGD call (weight decay -1, lr -(1-b1)) writes m = m + (1-b1)(g-m)
+        # and the scratch g - m_old. The Adam kernel then reads the gradient b1*(g - m_old),
+        # which is g - m_new (its grad_scale divides by 1/b1), so its second moment is
+        # s = b2*s + (1-b2)*(g-m)^2; with beta1 ~ 1 it leaves m as it is, and steps.
+        # AdaBelief's "s += eps" goes in beforehand as eps/b2 (b2*(s + eps/b2) = b2*s + eps).
+        bias_correction1 = 1.0 - beta1**step
+        step_size = lr * rect * math.sqrt(1.0 - beta2**step) / bias_correction1
+        root = math.sqrt(1.0 - beta2)
+        lr_k = step_size * _FROZEN / root
+        one = torch.ones((), dtype=torch.float32, device=device)
+        scale = torch.full((), 1.0 / beta1, dtype=torch.float32, device=device)
+        limit = SCRATCH_NUMEL if device.type == "cpu" else _NO_LIMIT
+        for piece in b.split(limit):
+            scratch = torch.empty(piece.numel, dtype=piece.params[0].dtype, device=device)
+            views, offset = [], 0
+            for t in piece.grads:
+                views.append(scratch[offset:offset + t.numel()].view(t.shape))
+                offset += t.numel()
+            torch._fused_sgd_(piece.exp_avgs, piece.grads, views, weight_decay=-1.0,
+                              momentum=1.0, lr=-(1.0 - beta1), dampening=0.0, nesterov=False,
+                              maximize=False, is_first_step=True)
+            torch._foreach_add_(piece.exp_avg_sqs, eps / beta2)
+            piece.grads = views
+            self._kernel(piece, one, lr_k, 1.0 - _FROZEN, beta2, eps / root, lr * wd, scale)
+
+    @staticmethod
+    def _kernel(b: _Block, steps: Tensor, lr: float, beta1: float, beta2: float, eps: float,
+                lr_wd: float, grad_scale: Tensor | None) -> None:
+        for want in (True, False):
+            params, grads, exp_avgs, exp_avg_sqs = b.decayed(want)
+            if not params:
+                continue
+            wd = lr_wd / lr if want and lr != 0 else 0.0
+            torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], [steps] * len(params),
+                                lr=lr, beta1=beta1, beta2=beta2, weight_decay=wd, eps=eps,
+                                amsgrad=False, maximize=False, grad_scale=grad_scale)
+
+    def _foreach_update(self, group: dict[str, Any], b: _Block, step: int,
+                        rect: float | None) -> None:
         lr, eps = group["lr"], group["eps"]
         beta1, beta2 = group["betas"]
-        # weight decay: decoupled p *= 1 - lr*wd, or L2 grad += wd*p (before centralization)
-        apply_weight_decay(b.wd_params, b.wd_grads, lr, group["weight_decay"], group["true_wd"])
-        # gradient centralization: g -= mean of g over all dims but the first (torch has no
-        # foreach reduction over dims, so the row means are one call per tensor)
-        if b.gc_grads:
-            means = [g.mean(dim=dims, keepdim=True) for g, dims in zip(b.gc_grads, b.gc_dims)]
-            torch._foreach_sub_(b.gc_grads, means)
+        # decoupled weight decay p *= 1 - lr*wd (L2 is already in the gradients)
+        wd_params = [p for p, d in zip(b.params, b.decay) if d]
+        apply_weight_decay(wd_params, [], lr, group["weight_decay"], True)
         # first moment m = b1*m + (1-b1)*g
         torch._foreach_lerp_(b.exp_avgs, b.grads, 1.0 - beta1)
-        rect = _rectification(step, beta2)
         if self.adabelief:
             # s = b2*s + (1-b2)*(g-m)^2, computed as lerp(s, (g-m)^2, 1-b2) on a scratch list
             # (+ eps, added below on rectified steps as ranger-adabelief does)
@@ -251,14 +373,10 @@ class _RangerBase(torch.optim.Optimizer):
             torch._foreach_add_(denom, eps)
             step_size = lr * rect * math.sqrt(1.0 - beta2**step) / bias_correction1
             torch._foreach_addcdiv_(b.params, b.exp_avgs, denom, value=-step_size)
-        if step % group["k"] == 0:
-            # lookahead: slow += alpha*(fast - slow); fast = slow
-            torch._foreach_lerp_(b.slow, b.params, group["alpha"])
-            torch._foreach_copy_(b.params, b.slow)
 
 
 class Ranger(_RangerBase):
-    """Ranger: RAdam + Lookahead (k=6, alpha=0.5) + gradient centralization, foreach kernels.
+    """Ranger: RAdam + Lookahead (k=6, alpha=0.5) + gradient centralization, fused kernels.
 
     Per step and parameter group: weight decay (decoupled ``p *= 1 - lr*wd`` by default, on
     parameters with ``ndim > 1`` only unless ``bn_wd=True``), gradient centralization on
@@ -278,6 +396,10 @@ class Ranger(_RangerBase):
         use_gc: gradient centralization on ``ndim > 1`` parameters (default True).
         true_wd: decoupled decay if True, L2 on the gradient if False (default True).
         bn_wd: also decay 1-D parameters (biases, norm weights) (default False).
+        maximize: maximize the objective instead of minimizing (default False).
+        fused: rectified steps through torch's fused Adam kernel (``None``, the default: where
+            it applies: CPU or CUDA, floating dtypes, contiguous tensors; ``False``: always the
+            foreach path; ``True``: the same as None, but an error where torch lacks it).
 
     Example::
 
@@ -303,12 +425,15 @@ class Ranger(_RangerBase):
         *,
         true_wd: bool = True,
         bn_wd: bool = False,
+        maximize: bool = False,
+        fused: bool | None = None,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, k, alpha, use_gc, true_wd, bn_wd)
+        super().__init__(params, lr, betas, eps, weight_decay, k, alpha, use_gc, true_wd, bn_wd,
+                         maximize, fused)
 
 
 class RangerAdaBelief(_RangerBase):
-    """RangerAdaBelief: Ranger with AdaBelief's second moment, foreach kernels.
+    """RangerAdaBelief: Ranger with AdaBelief's second moment, fused kernels on CPU.
 
     Same as :class:`Ranger` except the second moment is ``s = b2*s + (1-b2)*(g - m)^2`` with
     ``m`` the freshly updated first moment, and on rectified steps ``s += eps`` (kept in the
@@ -333,6 +458,9 @@ class RangerAdaBelief(_RangerBase):
         use_gc: gradient centralization on ``ndim > 1`` parameters (default True).
         true_wd: decoupled decay if True, L2 on the gradient if False (default True).
         bn_wd: also decay 1-D parameters (default False).
+        maximize: maximize the objective instead of minimizing (default False).
+        fused: rectified steps through torch's fused kernels (``None``, the default: on CPU for
+            floating dtypes and contiguous tensors; ``False``: always the foreach path).
     """
 
     adabelief = True
@@ -350,5 +478,8 @@ class RangerAdaBelief(_RangerBase):
         *,
         true_wd: bool = True,
         bn_wd: bool = False,
+        maximize: bool = False,
+        fused: bool | None = None,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, k, alpha, use_gc, true_wd, bn_wd)
+        super().__init__(params, lr, betas, eps, weight_decay, k, alpha, use_gc, true_wd, bn_wd,
+                         maximize, fused)
