@@ -26,6 +26,8 @@ _SUBMODULES = (
     "recipes",
     "runs",
     "lr",
+    "schedules",
+    "batch_size",
     "ensemble",
     "diagnose",
     "tune",

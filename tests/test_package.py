@@ -83,3 +83,87 @@ def test_every_registry_is_the_shared_registry_class():
         assert isinstance(registry, Registry) and name in registry
         with pytest.raises(TypeError):
             registry.view[name] = None  # read-only view
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Static import graph of the package: module -> the fasttricks modules its source imports.
+
+    An import of a module's own parent package (``fasttricks.tune`` from ``fasttricks.tune._cli``)
+    is left out: a package's ``__init__`` only re-exports its submodules.
+    """
+    import ast
+    from pathlib import Path
+
+    import fasttricks
+
+    root = Path(fasttricks.__file__).parent
+    files = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        files[".".join(parts)] = path
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    head = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(head + ([node.module] if node.module else []))
+                for alias in node.names:
+                    full = f"{base}.{alias.name}"
+                    targets.add(full if full in files else base)
+        graph[name] = {t for t in targets
+                       if t in files and t != name and not name.startswith(t + ".")}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as a path ``[a, b, ..., a]``, or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start)
+            if found:
+                return found
+    return None
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_module_graph_has_no_import_cycles():
+    graph = _module_graph()
+    assert "fasttricks.recipes._build" in graph["fasttricks.recipes._run"]  # the graph is real
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_library_modules_never_import_a_command_line_module():
+    graph = _module_graph()
+    clis = {m for m in graph if m in ("fasttricks.train", "fasttricks.tune._cli")
+            or m.endswith("__main__")}
+    offenders = {m: graph[m] & clis for m in graph if m not in clis and graph[m] & clis}
+    assert not offenders
