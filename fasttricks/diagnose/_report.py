@@ -169,13 +169,22 @@ def top_losses(
 
     Returns:
         Columns ``index`` (row in ``probs``), [``item``,] ``loss``, ``actual``, ``predicted``
-        and, single-label, ``prob_actual`` and ``prob_predicted``; multi-label ``actual`` and
+        and, single-label, ``prob_actual``, ``prob_predicted`` and ``margin`` (``p(actual)``
+        minus the largest other probability, negative when wrong); multi-label ``actual`` and
         ``predicted`` are tuples of label names (predicted at 0.5). Highest loss first; ties
         keep item order.
     """
     _check_k(k)
     preds = _as_preds(probs, targets, vocab)
     return _with_items(_top_losses(preds, k), items, len(preds.targets))
+
+
+def _label_margin(preds: _Preds) -> np.ndarray:
+    """``p(actual) - max over other classes p(j)``: negative when the prediction is wrong."""
+    rows = np.arange(len(preds.targets))
+    others = preds.probs.copy()
+    others[rows, preds.targets] = -np.inf
+    return preds.probs[rows, preds.targets] - others.max(axis=1)
 
 
 def _top_losses(preds: _Preds, k: int | None) -> pd.DataFrame:
@@ -188,7 +197,8 @@ def _top_losses(preds: _Preds, k: int | None) -> pd.DataFrame:
         pred = preds.predicted()[idx]
         cols = {"actual": preds.names(preds.targets[idx]), "predicted": preds.names(pred),
                 "prob_actual": preds.probs[idx, preds.targets[idx]],
-                "prob_predicted": preds.probs[idx, pred]}
+                "prob_predicted": preds.probs[idx, pred],
+                "margin": _label_margin(preds)[idx]}
     return pd.DataFrame({"index": idx.astype(np.int64), "loss": losses[idx], **cols})
 
 
