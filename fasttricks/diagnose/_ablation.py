@@ -166,8 +166,8 @@ def class_ablation(
             rows.append({"fraction": frac, "seed": seed, "class": r["class"], "f1": r["f1"],
                          "n_ablated_train": n_cls})
         if bar is not None:
-            bar.comment = f"kept {frac:.0%} of {name!r}, seed {seed}: F1 "
-                           f"{_f1(report, name):.4f}"
+            bar.comment = (f"kept {frac:.0%} of {name!r}, seed {seed}: F1 "
+                           f"{_f1(report, name):.4f}")
     runs = pd.DataFrame(rows)
     result = AblationResult(cls=name, split=split, runs=runs, table=_table(runs, vocab))
     if out_dir is not None:
