@@ -267,3 +267,18 @@ def test_class_ablation_counts_items_and_summarizes_f1_over_seeds(tmp_path, caps
     assert (tmp_path / "ablation.png").stat().st_size > 1000
     assert main(["--ablate", "nope", "recipes/digits.yaml", "--no-progress"]) == 2
     assert "unknown class 'nope'" in capsys.readouterr().err
+
+
+def test_seed_ensemble_folder_is_diagnosed_on_its_averaged_members(tmp_path):
+    from fasttricks.ensemble import seed_ensemble
+    from fasttricks.recipes import save_recipe
+
+    rec = load_recipe({"name": "syn", "data": "synthetic", "model": "mlp",
+                       "schedule": {"epochs": 1}, "metrics": ["accuracy"]})
+    result = seed_ensemble(rec, seeds=(0, 1), out_dir=tmp_path, progress=False)
+    save_recipe(rec, tmp_path / "syn" / "recipe.yaml")  # the parent folder's recipe is found
+    run = load_run(result.out_dir)
+    assert run.description == "seed ensemble of 2"
+    diag = diagnose_run(result.out_dir, "test")
+    assert diag.overall["accuracy"] == pytest.approx(result.test["accuracy"], abs=1e-6)
+    assert "Seed ensemble of 2" in diag.report.read_text()

@@ -157,7 +157,8 @@ def class_ablation(
         name = _class_name(cls, vocab)
         index = vocab.index(name)
         train_y = np.asarray(learn.dls.splits.train.y)
-        n_cls = int((train_y[:, index] > 0).sum() if train_y.ndim == 2 else (train_y == index).sum())
+        members = train_y[:, index] > 0 if train_y.ndim == 2 else train_y == index
+        n_cls = int(members.sum())
         with quiet_fit(learn):
             fit_learner(learn, variant)
             probs, targets = learn.get_preds(ds_idx=1 if split == "valid" else 2)[:2]

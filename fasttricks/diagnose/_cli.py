@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m fasttricks.diagnose runs/digits                     # valid split -> runs/digits/diagnosis/
+    python -m fasttricks.diagnose runs/digits                     # -> runs/digits/diagnosis/
     python -m fasttricks.diagnose runs/digits --split train       # + suspected label noise
     python -m fasttricks.diagnose runs/digits --unlabelled new.npy --classes 3 8
     python -m fasttricks.diagnose runs/digits/kfold --split train # out-of-fold label noise

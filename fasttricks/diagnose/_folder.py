@@ -109,9 +109,10 @@ def diagnose_run(
     _check_k(worst)
     check_range("threshold", threshold, 0.0, 1.0)
     run = load_run(run_dir, recipe=recipe)
+    new_x = None if unlabelled is None else read_unlabelled(unlabelled, _dataset(run))
+    pred = run.predict(split)
     out = Path(out_dir) if out_dir is not None else run.path / "diagnosis"
     out.mkdir(parents=True, exist_ok=True)
-    pred = run.predict(split)
     preds = _as_preds(pred.probs, pred.targets, pred.vocab)
     result = FolderDiagnosis(out_dir=out, overall=_overall(preds, threshold))
     files = result.files
@@ -142,9 +143,8 @@ def diagnose_run(
         noise = suspected_label_noise(pred.probs, pred.targets, pred.vocab, items=pred.items)
         files["label_noise"] = atomic_write_csv(noise, out / "label_noise.csv", index=False)
     priority = None
-    if unlabelled is not None:
-        x = read_unlabelled(unlabelled, _dataset(run))
-        new = run.predict(unlabelled=x)
+    if new_x is not None:
+        new = run.predict(unlabelled=new_x)
         priority = labelling_order(new.probs, confusion=cm, vocab=pred.vocab, classes=classes,
                                    items=new.items, multilabel=preds.multilabel)
         files["labelling_priority"] = atomic_write_csv(priority, out / "labelling_priority.csv",
