@@ -9,6 +9,7 @@ from __future__ import annotations
 from fasttricks._labels import CLASS_WEIGHT_METHODS, class_weights
 from fasttricks.data.folds import kfold_splits
 from fasttricks.data.splits import stratified_split
+from fasttricks.data.subsets import drop_class_indices
 from fasttricks.data.sampling import (
     WeightedSampler,
     item_weights,
@@ -21,6 +22,7 @@ __all__ = [
     "CLASS_WEIGHT_METHODS",
     "WeightedSampler",
     "class_weights",
+    "drop_class_indices",
     "item_weights",
     "kfold_splits",
     "oversample",

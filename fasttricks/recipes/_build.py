@@ -170,13 +170,31 @@ def _n_in(model_name: str, splits: DataSplits, dls: DataLoaders) -> tuple[int, d
 # public
 
 
+def _drop_class(splits: DataSplits, cls: Any, fraction: float, seed: int) -> DataSplits:
+    """``splits`` with ``fraction`` of class ``cls``'s training items removed."""
+    from fasttricks.data import drop_class_indices
+
+    names = [str(v) for v in splits.vocab]
+    if str(cls) in names:
+        index = names.index(str(cls))
+    elif isinstance(cls, int) and 0 <= cls < len(names):
+        index = cls
+    else:
+        raise RecipeError(f"recipe key 'data.drop_class': unknown class {cls!r}; classes: "
+                          f"{', '.join(names[:30])}{' ...' if len(names) > 30 else ''}")
+    keep = drop_class_indices(splits.train.y, index, fraction, seed=seed)
+    return replace(splits, train=splits.train.take(keep))
+
+
 def build_dataloaders(
     recipe: str | Path | Mapping[str, Any], splits: DataSplits | None = None
 ) -> DataLoaders:
     """fastai ``DataLoaders`` (train, valid, test) for a recipe's ``data`` section.
 
     ``dls[2]`` is the unshuffled test loader, so ``learn.get_preds(ds_idx=2)`` predicts the test
-    split. ``data.oversample`` (``true``/``max`` or a ratio) repeats training items of rare
+    split. ``data.drop_class`` / ``data.drop_fraction`` remove that share of one class's
+    training items first (:func:`fasttricks.data.drop_class_indices`, seeded by ``seed``).
+    ``data.oversample`` (``true``/``max`` or a ratio) repeats training items of rare
     classes (:func:`fasttricks.data.oversample_indices`); ``data.sampler: weighted`` samples the
     training loader with per-class weights (``data.weights``, default ``sqrt_inv``) via
     :func:`fasttricks.data.weighted_dataloaders`. ``dls.splits`` holds the (oversampled) splits.
@@ -192,6 +210,8 @@ def build_dataloaders(
     if splits is None:
         kwargs = {k: v for k, v in data.items() if k not in _DATA_KEYS}
         splits = load_dataset(data["name"], **kwargs)
+    if data.get("drop_fraction"):
+        splits = _drop_class(splits, data["drop_class"], data["drop_fraction"], recipe["seed"])
     if data["oversample"]:
         from fasttricks.data import oversample_indices
 

@@ -245,7 +245,8 @@ _SECTIONS = ("name", "description", "data", "model", "loss", "optimizer", "sched
              "callbacks", "metrics", "seed", "fp16", "channels_last", "retrain_at_best")
 
 # data keys handled by the recipe itself; the rest are the dataset loader's arguments
-_DATA_KEYS = ("name", "bs", "valid_bs", "sampler", "weights", "oversample")
+_DATA_KEYS = ("name", "bs", "valid_bs", "sampler", "weights", "oversample", "drop_class",
+              "drop_fraction")
 _SCHEDULE_KEYS = ("fit", "epochs", "pct_start", "div", "div_final")
 _FITS = ("flat_cos", "one_cycle")
 _SAMPLERS = ("random", "weighted")
@@ -306,6 +307,7 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
             raise RecipeError("recipe key 'data.oversample' must be true, 'max' or a ratio in "
                               f"(0, 1] (rare classes grow to ratio * largest), got {over!r}")
         out["oversample"] = ratio
+    out.update(_validate_drop(data))
     for key, value in data.items():
         if key in _DATA_KEYS:
             continue
@@ -319,6 +321,25 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
         raise RecipeError(f"dataset {name!r} needs data.{missing[0]} (required: "
                           f"{', '.join(missing)})")
     return out
+
+
+def _validate_drop(data: Mapping[str, Any]) -> dict:
+    """``data.drop_class`` / ``data.drop_fraction``: train without a share of one class's
+    items (class ablation); kept in the recipe only when something is dropped."""
+    fraction = data.get("drop_fraction")
+    cls = data.get("drop_class")
+    if fraction is None or fraction == 0:
+        return {}
+    fraction = _as_float("data.drop_fraction", fraction)
+    if not 0.0 <= fraction <= 1.0:
+        raise RecipeError("recipe key 'data.drop_fraction' must be in [0, 1] (the share of "
+                          f"data.drop_class's training items removed), got {fraction!r}")
+    if cls is None:
+        raise RecipeError("recipe key 'data.drop_fraction' needs 'data.drop_class', the class "
+                          "(name or index) to remove items from")
+    if isinstance(cls, bool) or not isinstance(cls, (str, int)) or cls == "":
+        raise _type_error("data.drop_class", cls, "a class name or index")
+    return {"drop_class": cls, "drop_fraction": fraction}
 
 
 def _validate_model(raw: Mapping[str, Any]) -> dict:
