@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kfold", type=int, default=None, metavar="N",
                    help="k-fold cross-validation ensemble with N folds (results in "
                         "<out>/<name>/kfold/)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="with --kfold: train the folds in N worker processes, one per GPU or "
+                        "CPU slot (default 1: one after another)")
+    p.add_argument("--gpus", default=None, metavar="IDS",
+                   help="comma-separated GPU ids dealt out to the workers, e.g. 0,1")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="where workers claim folds: a journal file (default in the k-fold "
+                        "folder) or postgresql://... shared by the same command on each machine")
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs)")
     p.add_argument("--no-save", action="store_true", help="write nothing to disk")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -65,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_kfold(recipe: object, n_splits: int, out: str | None, progress: bool) -> int:
+def _run_kfold(recipe: object, n_splits: int, out: str | None, progress: bool,
+               args: argparse.Namespace) -> int:
     """``--kfold N``: :func:`fasttricks.ensemble.kfold_fit`, its one-line summary, exit status."""
     import tempfile
     from contextlib import ExitStack
@@ -75,7 +84,10 @@ def _run_kfold(recipe: object, n_splits: int, out: str | None, progress: bool) -
     with ExitStack() as stack:
         if out is None:  # --no-save: the fold models only live while they are scored
             out = stack.enter_context(tempfile.TemporaryDirectory())
-        result = kfold_fit(recipe, n_splits=n_splits, out_dir=out, progress=progress)
+        gpus = [g for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+        result = kfold_fit(recipe, n_splits=n_splits, out_dir=out, progress=progress,
+                           workers=args.workers, gpus=gpus, storage=args.storage,
+                           threads=args.threads)
     if not progress:  # with progress, kfold_fit has printed it already
         print(result.summary())
     return 0
@@ -96,7 +108,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.kfold is not None:
         if args.seeds > 1:
             raise RecipeError("--kfold and --seeds cannot be combined; choose one")
-        return _run_kfold(recipe, args.kfold, out, progress)
+        return _run_kfold(recipe, args.kfold, out, progress, args)
+    if args.workers != 1 or args.storage or args.gpus:
+        raise RecipeError("--workers, --gpus and --storage apply to --kfold; got --workers "
+                          f"{args.workers}, --gpus {args.gpus}, --storage "
+                          f"{'set' if args.storage else None}")
     if args.seeds > 1:
         _, summary = run_seeds(recipe, args.seeds, out_dir=out, progress=progress)
         s = summary["test"]

@@ -266,7 +266,10 @@ def seed_ensemble(
         result = seed_ensemble("recipes/mnist1d.yaml", seeds=range(5))
         result.mean, result.std, result.sem, result.ensemble_score
     """
+    from fasttricks._validate import check_range
+
     started = time.perf_counter()
+    check_range("workers", workers, low=1)
     seeds = _checked_seeds(seeds)
     plan, job = seed_job(recipe, seeds, overrides=overrides, test=test, out_dir=out_dir, cbs=cbs,
                          progress=progress)

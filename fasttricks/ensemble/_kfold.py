@@ -402,7 +402,10 @@ def kfold_fit(
         result.plot()                                      # runs/digits/kfold/kfold.png
         probs = predict_ensemble(result.model_paths, dls.test_dl(new_items))
     """
+    from fasttricks._validate import check_range
+
     started = time.perf_counter()
+    check_range("workers", workers, low=1)
     plan, folds, job = kfold_job(recipe, n_splits, seed, test, overrides=overrides,
                                  stratify=stratify, groups=groups, out_dir=out_dir, cbs=cbs,
                                  progress=progress)
