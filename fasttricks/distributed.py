@@ -23,7 +23,9 @@ Semantics:
   ones written.
 - NaN guard: a non-finite loss on any rank is made non-finite on every rank before the guard
   looks at it, so all ranks stop together instead of one waiting forever in an all-reduce.
-- BatchNorm layers become :class:`torch.nn.SyncBatchNorm` (statistics over the global batch).
+- BatchNorm layers become :class:`torch.nn.SyncBatchNorm` on CUDA (statistics over the global
+  batch); on CPU (gloo) they keep per-process statistics, so a BatchNorm model under CPU DDP
+  differs from the single process with the global batch.
 
 This module does not need ``accelerate``, which ``fastai.distributed`` (``distrib_ctx``) needs
 even to import; it wraps the model itself, and broadcasts the epoch order on CPU for gloo
@@ -173,9 +175,9 @@ class DDPCallback(Callback):
         if not self.active:
             return
         model = self.learn.model
-        if self.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device = next(model.parameters()).device
+        if self.sync_bn and device.type == "cuda":  # SyncBatchNorm runs on CUDA only
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ids = [device.index] if device.type == "cuda" else None
         self.learn.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.old_loaders = list(self.learn.dls.loaders)

@@ -15,6 +15,13 @@ leaves no half-written file. ``--seeds N`` trains seeds ``seed, seed+1, ..., see
 ``<out>/<name>/seed_<s>/`` and writes ``seeds.csv`` / ``seeds.json`` with the mean, standard
 deviation and standard error of the test metric: the cheatsheet's check of how much a score
 moves with the seed alone, i.e. how far apart two results must be to mean anything.
+``--kfold N --workers W [--gpus 0,1] [--storage URL]`` trains the folds in W worker processes
+(one per GPU or CPU slot), each fold claimed once from a shared study (a journal file in the
+k-fold folder, or PostgreSQL for several machines running the same command); a killed worker's
+fold is retried and a rerun skips finished folds. ``torchrun --nproc_per_node N -m
+fasttricks.train RECIPE`` (or ``distributed: ddp`` in the recipe) trains one model in N
+processes with DistributedDataParallel (:mod:`fasttricks.distributed`; ``data.bs`` is per
+process) and only rank 0 writes the run folder.
 ``--kfold N`` cross-validates the recipe instead (:func:`fasttricks.ensemble.kfold_fit`): N fold
 models, out-of-fold and fold-averaged test scores in ``<out>/<name>/kfold/``; re-running skips
 the folds already finished.
@@ -93,8 +100,35 @@ def _run_kfold(recipe: object, n_splits: int, out: str | None, progress: bool,
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _ddp_processes(args: argparse.Namespace) -> int:
     import torch
+
+    if args.gpus:
+        return len([g for g in args.gpus.split(",") if g.strip()])
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return args.workers if args.workers > 1 else 2
+
+
+def _launch_ddp(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``distributed: ddp`` without torchrun: start this command under torchrun."""
+    import os
+    import subprocess
+
+    n = _ddp_processes(args)
+    env = dict(os.environ)
+    if args.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = args.gpus
+    print(f"distributed: ddp: training one model in {n} processes", flush=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={n}", "-m", "fasttricks.train", *argv]
+    return subprocess.call(cmd, env=env)
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    import torch
+
+    from fasttricks.distributed import is_rank0, world_size
 
     from fasttricks.recipes import RecipeError, load_recipe, run_recipe, run_seeds
     from fasttricks.runs import summary_line
@@ -102,8 +136,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe, args.overrides)
-    out = None if args.no_save else args.out
-    progress = not args.no_progress
+    if recipe["distributed"] == "ddp" and world_size() == 1 and args.kfold is None:
+        return _launch_ddp(args, argv)
+    out = None if args.no_save or not is_rank0() else args.out  # only rank 0 writes
+    progress = not args.no_progress and is_rank0()
+    if world_size() > 1 and recipe["distributed"] != "none":
+        if args.kfold is not None or args.seeds > 1:
+            raise RecipeError("torchrun trains one model: --kfold and --seeds are not "
+                              "available under it (use --workers for parallel members)")
+        result = run_recipe(recipe, out_dir=out, progress=progress)
+        if is_rank0():
+            print(summary_line(result))
+        return 0
     start = time.perf_counter()
     if args.kfold is not None:
         if args.seeds > 1:
@@ -134,10 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     data that do not fit the recipe print one line ``error: ...`` and return 2; ``--debug``
     shows the traceback instead.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args)
+        return _run(args, argv)
     except _USER_ERRORS as err:
         if args.debug:
             raise
