@@ -15,6 +15,13 @@ leaves no half-written file. ``--seeds N`` trains seeds ``seed, seed+1, ..., see
 ``<out>/<name>/seed_<s>/`` and writes ``seeds.csv`` / ``seeds.json`` with the mean, standard
 deviation and standard error of the test metric: the cheatsheet's check of how much a score
 moves with the seed alone, i.e. how far apart two results must be to mean anything.
+``--kfold N --workers W [--gpus 0,1] [--storage URL]`` trains the folds in W worker processes
+(one per GPU or CPU slot), each fold claimed once from a shared study (a journal file in the
+k-fold folder, or PostgreSQL for several machines running the same command); a killed worker's
+fold is retried and a rerun skips finished folds. ``torchrun --nproc_per_node N -m
+fasttricks.train RECIPE`` (or ``distributed: ddp`` in the recipe) trains one model in N
+processes with DistributedDataParallel (:mod:`fasttricks.distributed`; ``data.bs`` is per
+process) and only rank 0 writes the run folder.
 ``--kfold N`` cross-validates the recipe instead (:func:`fasttricks.ensemble.kfold_fit`): N fold
 models, out-of-fold and fold-averaged test scores in ``<out>/<name>/kfold/``; re-running skips
 the folds already finished.
@@ -55,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kfold", type=int, default=None, metavar="N",
                    help="k-fold cross-validation ensemble with N folds (results in "
                         "<out>/<name>/kfold/)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="with --kfold: train the folds in N worker processes, one per GPU or "
+                        "CPU slot (default 1: one after another)")
+    p.add_argument("--gpus", default=None, metavar="IDS",
+                   help="comma-separated GPU ids dealt out to the workers, e.g. 0,1")
+    p.add_argument("--storage", default=None, metavar="URL",
+                   help="where workers claim folds: a journal file (default in the k-fold "
+                        "folder) or postgresql://... shared by the same command on each machine")
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs)")
     p.add_argument("--no-save", action="store_true", help="write nothing to disk")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -65,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_kfold(recipe: object, n_splits: int, out: str | None, progress: bool) -> int:
+def _run_kfold(recipe: object, n_splits: int, out: str | None, progress: bool,
+               args: argparse.Namespace) -> int:
     """``--kfold N``: :func:`fasttricks.ensemble.kfold_fit`, its one-line summary, exit status."""
     import tempfile
     from contextlib import ExitStack
@@ -75,14 +91,44 @@ def _run_kfold(recipe: object, n_splits: int, out: str | None, progress: bool) -
     with ExitStack() as stack:
         if out is None:  # --no-save: the fold models only live while they are scored
             out = stack.enter_context(tempfile.TemporaryDirectory())
-        result = kfold_fit(recipe, n_splits=n_splits, out_dir=out, progress=progress)
+        gpus = [g for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+        result = kfold_fit(recipe, n_splits=n_splits, out_dir=out, progress=progress,
+                           workers=args.workers, gpus=gpus, storage=args.storage,
+                           threads=args.threads)
     if not progress:  # with progress, kfold_fit has printed it already
         print(result.summary())
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _ddp_processes(args: argparse.Namespace) -> int:
     import torch
+
+    if args.gpus:
+        return len([g for g in args.gpus.split(",") if g.strip()])
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return args.workers if args.workers > 1 else 2
+
+
+def _launch_ddp(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``distributed: ddp`` without torchrun: start this command under torchrun."""
+    import os
+    import subprocess
+
+    n = _ddp_processes(args)
+    env = dict(os.environ)
+    if args.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = args.gpus
+    print(f"distributed: ddp: training one model in {n} processes", flush=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={n}", "-m", "fasttricks.train", *argv]
+    return subprocess.call(cmd, env=env)
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    import torch
+
+    from fasttricks.distributed import is_rank0, world_size
 
     from fasttricks.recipes import RecipeError, load_recipe, run_recipe, run_seeds
     from fasttricks.runs import summary_line
@@ -90,13 +136,27 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe, args.overrides)
-    out = None if args.no_save else args.out
-    progress = not args.no_progress
+    if recipe["distributed"] == "ddp" and world_size() == 1 and args.kfold is None:
+        return _launch_ddp(args, argv)
+    out = None if args.no_save or not is_rank0() else args.out  # only rank 0 writes
+    progress = not args.no_progress and is_rank0()
+    if world_size() > 1 and recipe["distributed"] != "none":
+        if args.kfold is not None or args.seeds > 1:
+            raise RecipeError("torchrun trains one model: --kfold and --seeds are not "
+                              "available under it (use --workers for parallel members)")
+        result = run_recipe(recipe, out_dir=out, progress=progress)
+        if is_rank0():
+            print(summary_line(result))
+        return 0
     start = time.perf_counter()
     if args.kfold is not None:
         if args.seeds > 1:
             raise RecipeError("--kfold and --seeds cannot be combined; choose one")
-        return _run_kfold(recipe, args.kfold, out, progress)
+        return _run_kfold(recipe, args.kfold, out, progress, args)
+    if args.workers != 1 or args.storage or args.gpus:
+        raise RecipeError("--workers, --gpus and --storage apply to --kfold; got --workers "
+                          f"{args.workers}, --gpus {args.gpus}, --storage "
+                          f"{'set' if args.storage else None}")
     if args.seeds > 1:
         _, summary = run_seeds(recipe, args.seeds, out_dir=out, progress=progress)
         s = summary["test"]
@@ -118,10 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     data that do not fit the recipe print one line ``error: ...`` and return 2; ``--debug``
     shows the traceback instead.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args)
+        return _run(args, argv)
     except _USER_ERRORS as err:
         if args.debug:
             raise

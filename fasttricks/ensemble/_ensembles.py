@@ -17,6 +17,7 @@ from fasttricks._io import atomic_torch_save, write_json
 from fasttricks._stats import summarize
 from fasttricks.ensemble._members import (
     Member,
+    MemberJob,
     MemberRun,
     Plan,
     averaged,
@@ -29,7 +30,7 @@ from fasttricks.ensemble._members import (
 from fasttricks.ensemble._report import announce, fmt, member_line, metrics_json, save_score_plot
 from fasttricks.ensemble._store import MemberStore, fingerprint, safe_load, to_plain
 
-__all__ = ["EnsembleResult", "MemberResult", "seed_ensemble", "snapshot_ensemble"]
+__all__ = ["EnsembleResult", "MemberResult", "seed_ensemble", "seed_job", "snapshot_ensemble"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +194,36 @@ def _checked_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
+def seed_job(
+    recipe: Any,
+    seeds: Sequence[int],
+    *,
+    overrides: Any = (),
+    test: bool = True,
+    out_dir: str | PathLike = "runs",
+    cbs: Sequence[Any] = (),
+    progress: bool = True,
+) -> tuple[Plan, MemberJob]:
+    """The plan and member job of :func:`seed_ensemble` (same arguments), untrained."""
+    from fasttricks.recipes import build_learner, fit_learner, set_in_recipe
+
+    seeds = _checked_seeds(seeds)
+    plan = make_plan(recipe, overrides, test)
+    base = plan.recipe_dict()
+    base.pop("seed", None)
+    store = MemberStore(Path(out_dir) / plan.name / "seeds",
+                        fingerprint({"recipe": base, "test": plan.has_test}))
+
+    def train(i: int, name: str) -> tuple[dict, Any]:
+        seeded = set_in_recipe(plan.recipe, "seed", seeds[i])
+        learn = build_learner(seeded, splits=plan.splits)
+        with quiet(learn, progress):
+            fit_learner(learn, seeded, cbs=list(cbs))
+        return member_record(learn, plan.has_test), learn
+
+    return plan, MemberJob(store=store, names=[f"seed_{s}" for s in seeds], train=train)
+
+
 def seed_ensemble(
     recipe: Any,
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
@@ -202,6 +233,10 @@ def seed_ensemble(
     out_dir: str | PathLike = "runs",
     cbs: Sequence[Any] = (),
     progress: bool = True,
+    workers: int = 1,
+    gpus: Sequence[str] | None = None,
+    storage: str | None = None,
+    threads: int | None = None,
 ) -> EnsembleResult:
     """Train the same recipe once per seed and average the models' predictions.
 
@@ -223,34 +258,38 @@ def seed_ensemble(
         out_dir: the runs folder (default ``"runs"``).
         cbs: extra fastai callbacks for every fit.
         progress: show fastai's progress and one line per seed (default True).
+        workers, gpus, storage, threads: train the seeds in worker processes, as in
+            :func:`~fasttricks.ensemble.kfold_fit` (default: one after another here).
 
     Example::
 
         result = seed_ensemble("recipes/mnist1d.yaml", seeds=range(5))
         result.mean, result.std, result.sem, result.ensemble_score
     """
-    from fasttricks.recipes import build_learner, fit_learner, set_in_recipe
+    from fasttricks._validate import check_range
 
     started = time.perf_counter()
+    check_range("workers", workers, low=1)
     seeds = _checked_seeds(seeds)
-    plan = make_plan(recipe, overrides, test)
-    base = plan.recipe_dict()
-    base.pop("seed", None)
-    store = MemberStore(Path(out_dir) / plan.name / "seeds",
-                        fingerprint({"recipe": base, "test": plan.has_test}))
+    plan, job = seed_job(recipe, seeds, overrides=overrides, test=test, out_dir=out_dir, cbs=cbs,
+                         progress=progress)
+    if workers > 1 or storage is not None:
+        from fasttricks.ensemble._parallel import run_workers
 
-    def train(i: int, name: str) -> tuple[dict, Any]:
-        seeded = set_in_recipe(plan.recipe, "seed", seeds[i])
-        learn = build_learner(seeded, splits=plan.splits)
-        with quiet(learn, progress):
-            fit_learner(learn, seeded, cbs=list(cbs))
-        return member_record(learn, plan.has_test), learn
+        if cbs:
+            raise ValueError("cbs cannot be sent to worker processes: use workers=1 with "
+                             f"extra callbacks, got cbs={list(cbs)!r}")
+        spec = {"kind": "seeds", "recipe": plan.recipe_dict(),
+                "kwargs": {"seeds": seeds, "test": test, "out_dir": str(out_dir)}}
+        run_workers(spec, job, workers=workers, gpus=gpus, storage=storage, threads=threads,
+                    progress=progress)
+    store = job.store
 
     def report(m: Member) -> None:
         prefix = f"seed {seeds[m.index]} ({m.index + 1}/{len(seeds)})"
         announce(member_line(prefix, m.record, plan.key, m.resumed), progress)
 
-    run = load_or_train(store, [f"seed_{s}" for s in seeds], train, on_member=report)
+    run = load_or_train(store, job.names, job.train, on_member=report)
     return _finish_ensemble(plan, "seed", run, store, started, progress)
 
 

@@ -17,6 +17,7 @@ from fasttricks._io import atomic_torch_save, atomic_write_csv, write_json
 from fasttricks._stats import summarize
 from fasttricks.ensemble._members import (
     Member,
+    MemberJob,
     Plan,
     averaged,
     load_or_train,
@@ -36,7 +37,7 @@ from fasttricks.ensemble._score import score_predictions
 from fasttricks.ensemble._store import MemberStore, fingerprint
 from fasttricks.metrics import lower_is_better
 
-__all__ = ["FoldResult", "KFoldResult", "kfold_fit"]
+__all__ = ["FoldResult", "KFoldResult", "kfold_fit", "kfold_job"]
 
 
 @dataclass
@@ -298,6 +299,34 @@ def _write_kfold_outputs(result: KFoldResult, oof_fold: torch.Tensor, vocab: lis
     write_json(kdir / "result.json", _kfold_json(result))
 
 
+def kfold_job(
+    recipe: Any,
+    n_splits: int = 5,
+    seed: int = 0,
+    test: bool = True,
+    *,
+    overrides: Any = (),
+    stratify: bool = True,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    out_dir: str | PathLike = "runs",
+    cbs: Sequence[Any] = (),
+    progress: bool = True,
+) -> tuple[Plan, list, MemberJob]:
+    """The plan, the folds and the member job of :func:`kfold_fit` (same arguments), without
+    training anything; a worker process trains single folds of it."""
+    from fasttricks.data import kfold_splits
+
+    plan = make_plan(recipe, overrides, test)
+    pool = plan.splits.pool()
+    folds = kfold_splits(pool.y, n_splits=n_splits, seed=seed, stratify=stratify, groups=groups)
+    kdir = Path(out_dir) / plan.name / "kfold"
+    store = _kfold_store(plan, kdir, n_splits, seed, stratify, groups)
+    trainer = _FoldTrainer(plan, folds, kdir, n_splits, cbs, progress)
+    job = MemberJob(store=store, names=[f"fold_{i}" for i in range(len(folds))], train=trainer,
+                    accept=trainer.accept)
+    return plan, folds, job
+
+
 def kfold_fit(
     recipe: Any,
     n_splits: int = 5,
@@ -310,6 +339,10 @@ def kfold_fit(
     out_dir: str | PathLike = "runs",
     cbs: Sequence[Any] = (),
     progress: bool = True,
+    workers: int = 1,
+    gpus: Sequence[str] | None = None,
+    storage: str | None = None,
+    threads: int | None = None,
 ) -> KFoldResult:
     """Train one model per fold and collect out-of-fold and fold-averaged test predictions.
 
@@ -348,6 +381,16 @@ def kfold_fit(
         out_dir: the runs folder (default ``"runs"``).
         cbs: extra fastai callbacks for every fold's fit.
         progress: show fastai's progress and one line per fold (default True).
+        workers: train the folds in this many worker processes (default 1: one after another
+            in this process). With ``workers > 1`` or a ``storage``, folds are claimed from a
+            shared study (:mod:`fasttricks.ensemble._parallel`): each fold is trained once, a
+            killed worker's fold is retried, and the results are those of the sequential run
+            with the same thread count. ``cbs`` must then be empty.
+        gpus: GPU ids dealt out to the workers in turn (``CUDA_VISIBLE_DEVICES``).
+        storage: where the workers coordinate: a journal file (default
+            ``<out_dir>/<name>/kfold/members.log``) or ``postgresql://...`` to share the folds
+            with the same command on other machines (with ``out_dir`` on a shared folder).
+        threads: torch threads per worker (default: the CPU cores shared out evenly).
 
     Returns:
         A :class:`KFoldResult`; ``result.summary()`` is the one-line summary printed at the end.
@@ -359,20 +402,31 @@ def kfold_fit(
         result.plot()                                      # runs/digits/kfold/kfold.png
         probs = predict_ensemble(result.model_paths, dls.test_dl(new_items))
     """
-    from fasttricks.data import kfold_splits
+    from fasttricks._validate import check_range
 
     started = time.perf_counter()
-    plan = make_plan(recipe, overrides, test)
+    check_range("workers", workers, low=1)
+    plan, folds, job = kfold_job(recipe, n_splits, seed, test, overrides=overrides,
+                                 stratify=stratify, groups=groups, out_dir=out_dir, cbs=cbs,
+                                 progress=progress)
     pool = plan.splits.pool()
-    folds = kfold_splits(pool.y, n_splits=n_splits, seed=seed, stratify=stratify, groups=groups)
-    kdir = Path(out_dir) / plan.name / "kfold"
-    store = _kfold_store(plan, kdir, n_splits, seed, stratify, groups)
+    kdir = job.store.folder
     announce(f"k-fold {plan.name}: {n_splits} folds of {len(pool)} items, monitoring "
              f"{plan.metric_name} ({plan.direction}); results in {kdir}", progress)
+    if workers > 1 or storage is not None:
+        from fasttricks.ensemble._parallel import run_workers
 
-    trainer = _FoldTrainer(plan, folds, kdir, n_splits, cbs, progress)
-    run = load_or_train(store, [f"fold_{i}" for i in range(len(folds))], trainer,
-                        accept=trainer.accept,
+        if cbs:
+            raise ValueError("cbs cannot be sent to worker processes: use workers=1 with "
+                             f"extra callbacks, got cbs={list(cbs)!r}")
+        spec = {"kind": "kfold", "recipe": plan.recipe_dict(), "kwargs": {
+            "n_splits": n_splits, "seed": seed, "test": test, "stratify": stratify,
+            "groups": None if groups is None else np.asarray(groups).tolist(),
+            "out_dir": str(out_dir)}}
+        run_workers(spec, job, workers=workers, gpus=gpus, storage=storage, threads=threads,
+                    progress=progress)
+
+    run = load_or_train(job.store, job.names, job.train, accept=job.accept,
                         on_member=lambda m: announce(_fold_line(m, n_splits, plan.key), progress))
     loss_func, metrics = scorers(plan, run.learn)
     run.learn = None  # free the last fold's learner before scoring
@@ -381,7 +435,7 @@ def kfold_fit(
     test_preds, test_targets, test_scores = averaged(run.records, "test", loss_func, metrics)
     result = KFoldResult(
         name=plan.name, n_splits=n_splits, seed=seed, metric=plan.key, direction=plan.direction,
-        folds=[_fold_result(m, folds, store) for m in run.members],
+        folds=[_fold_result(m, folds, job.store) for m in run.members],
         oof_preds=oof_preds, oof_targets=oof_targets,
         oof=score_predictions(oof_preds, oof_targets, loss_func, metrics),
         test_preds=test_preds, test_targets=test_targets, test=test_scores, out_dir=kdir,

@@ -21,8 +21,8 @@ from fasttricks.ensemble._score import score_predictions
 from fasttricks.ensemble._store import MemberStore
 from fasttricks.metrics import metric_direction
 
-__all__ = ["Member", "MemberRun", "Plan", "averaged", "load_or_train", "make_plan",
-           "member_record", "quiet", "scorers"]
+__all__ = ["Member", "MemberJob", "MemberRun", "Plan", "averaged", "load_or_train",
+           "make_plan", "member_record", "quiet", "scorers", "train_member"]
 
 # train(index, name) -> (record without "seconds", the trained learner)
 TrainMember = Callable[[int, str], tuple[dict, Any]]
@@ -145,6 +145,34 @@ class MemberRun:
         return [m.record for m in self.members]
 
 
+@dataclass
+class MemberJob:
+    """Everything needed to train any one member of an ensemble on its own: the store, the
+    members' names, the trainer and the finished-member check. A worker process builds the same
+    job as the sequential run and trains the members it claims with :func:`train_member`."""
+
+    store: MemberStore
+    names: list[str]
+    train: TrainMember
+    accept: Callable[[int, dict], bool] | None = None
+
+    def finished(self, i: int) -> dict | None:
+        """Member ``i``'s stored record if it is finished and acceptable, else None."""
+        record = self.store.load(self.names[i])
+        if record is not None and self.accept is not None and not self.accept(i, record):
+            return None
+        return record
+
+
+def train_member(store: MemberStore, i: int, name: str, train: TrainMember) -> tuple[dict, Any]:
+    """Train member ``i`` and save it (model, then record with the seconds it took); returns the
+    stored record and the learner."""
+    started = time.perf_counter()
+    fresh, learn = train(i, name)
+    fresh["seconds"] = time.perf_counter() - started
+    return store.save(name, fresh, learn.model), learn
+
+
 def load_or_train(
     store: MemberStore,
     names: Sequence[str],
@@ -173,10 +201,7 @@ def load_or_train(
             record = None
         resumed = record is not None
         if record is None:
-            started = time.perf_counter()
-            fresh, run.learn = train(i, name)
-            fresh["seconds"] = time.perf_counter() - started
-            record = store.save(name, fresh, run.learn.model)
+            record, run.learn = train_member(store, i, name, train)
             if on_saved is not None:
                 on_saved(i, run.learn)
         member = Member(index=i, name=name, record=record, resumed=resumed)

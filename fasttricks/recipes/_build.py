@@ -264,6 +264,10 @@ def build_learner(
     loss = _build_loss(recipe["loss"], splits)
     metrics = [get_metric(m) for m in recipe["metrics"]]
     callbacks = [_build_callback(c) for c in recipe["callbacks"]] + list(cbs)
+    if recipe.get("distributed", "auto") != "none":
+        from fasttricks.distributed import DDPCallback  # a no-op unless torchrun started us
+
+        callbacks.append(DDPCallback())
     extra_kwargs = {}
     if name.startswith("timm:"):
         extra_kwargs["splitter"] = _timm_splitter

@@ -15,6 +15,8 @@ A recipe names everything a training run needs::
     fp16: auto                              # learn.to_fp16() when CUDA is present
     channels_last: auto                     # channels-last memory format for GPU conv nets
     retrain_at_best: false
+    distributed: auto                       # ddp: one model on several processes (torchrun);
+                                            # auto: ddp when launched by torchrun; none
 
 :func:`load_recipe` validates a recipe before anything is built: an unknown section or key
 (also a loss's or a callback's option, checked against its constructor's signature) names
@@ -179,6 +181,15 @@ def _as_str(path: str, value: Any) -> str:
     return value
 
 
+def _as_distributed(value: Any) -> str:
+    if value is None or value is False:
+        return "none"
+    if not isinstance(value, str) or value.lower() not in _DISTRIBUTED:
+        raise RecipeError(f"recipe key 'distributed' must be one of {list(_DISTRIBUTED)}, got "
+                          f"{value!r}")
+    return value.lower()
+
+
 def _as_auto_bool(path: str, value: Any) -> bool | str:
     if isinstance(value, bool) or value == "auto":
         return value
@@ -242,7 +253,9 @@ def _check_positive(path: str, value: float | int, allow_zero: bool = False) -> 
 # schema
 
 _SECTIONS = ("name", "description", "data", "model", "loss", "optimizer", "schedule",
-             "callbacks", "metrics", "seed", "fp16", "channels_last", "retrain_at_best")
+             "callbacks", "metrics", "seed", "fp16", "channels_last", "retrain_at_best",
+             "distributed")
+_DISTRIBUTED = ("auto", "none", "ddp")
 
 # data keys handled by the recipe itself; the rest are the dataset loader's arguments
 _DATA_KEYS = ("name", "bs", "valid_bs", "sampler", "weights", "oversample", "drop_class",
@@ -553,6 +566,7 @@ def _validate(raw: Mapping[str, Any], default_name: str = "recipe") -> dict:
         "fp16": _as_auto_bool("fp16", raw.get("fp16", "auto")),
         "channels_last": _as_auto_bool("channels_last", raw.get("channels_last", "auto")),
         "retrain_at_best": _as_bool("retrain_at_best", raw.get("retrain_at_best", False)),
+        "distributed": _as_distributed(raw.get("distributed", "auto")),
     }
     if re.search(r"[/\\]|^\.+$", recipe["name"]):
         raise RecipeError(f"recipe key 'name' must be usable as a folder name, got "

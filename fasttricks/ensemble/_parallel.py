@@ -1,0 +1,291 @@
+"""Ensemble members in parallel: worker processes that claim members from a shared study.
+
+The members of a k-fold or seed ensemble are independent, so they can train at the same time,
+one per GPU or CPU slot, on one machine or many. Coordination goes through the tuner's storage
+layer (:func:`fasttricks.tune._storage.make_storage`): one Optuna study per ensemble job, named
+after the job's fingerprint, with one enqueued trial per member (fixed params ``{member: i}``).
+
+- claiming: a worker moves a WAITING trial to RUNNING; the storage lets exactly one process
+  win that move (Optuna's own rule for enqueued trials), so a member is claimed once across
+  processes and machines. The winner records itself (``host:pid``) on the trial.
+- finishing: the member's files go to the run folder exactly as the sequential run writes them
+  (:func:`~fasttricks.ensemble._members.train_member`), then the trial is told COMPLETE.
+- a dead worker: its RUNNING trial is failed by the launcher the moment the process ends, or by
+  any worker of the same host (:func:`fasttricks.tune._workers.fail_orphaned_trials`), or, on
+  PostgreSQL, when its heartbeat goes stale; a member with neither a finished record nor a
+  live trial is enqueued again, so it is retried by the next free worker.
+- a rerun skips members whose record is finished (the store decides, as in the sequential run).
+
+When every member is finished the caller averages, scores and reports once, through the
+sequential code path, which then finds every member on disk. Several machines share a job with
+the same command and ``--storage postgresql://...``; their run folders (``--out``) must then be
+one shared folder, since members are files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fasttricks._io import write_json
+from fasttricks.ensemble._members import MemberJob, train_member
+
+__all__ = ["MEMBER_PARAM", "SPEC_NAME", "claim_member", "run_workers", "work", "worker_threads"]
+
+_log = logging.getLogger(__name__)
+
+MEMBER_PARAM = "member"
+SPEC_NAME = "members.json"
+JOURNAL_NAME = "members.log"
+HEARTBEAT_SECONDS = 30
+
+
+def worker_threads(workers: int, threads: int | None = None) -> int:
+    """Torch CPU threads per worker: ``threads`` if given, else the cores shared out evenly."""
+    if threads:
+        return int(threads)
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _storage_url(folder: Path, storage: str | None) -> str:
+    """The storage of a job: ``storage`` (a URL or a journal path), by default the journal file
+    ``members.log`` in the job's folder."""
+    return storage if storage is not None else str(folder / JOURNAL_NAME)
+
+
+def open_study(study_name: str, folder: Path, storage: str | None, workers: int) -> Any:
+    """Create or load the job's study on its storage."""
+    import optuna
+
+    from fasttricks.tune._storage import make_storage, storage_kind
+
+    url = _storage_url(folder, storage)
+    kind = storage_kind(url)
+    heartbeat = HEARTBEAT_SECONDS if kind in ("postgresql", "mysql") else None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = make_storage(url, study_name, workers=max(1, workers), heartbeat=heartbeat)
+    return optuna.create_study(study_name=study_name, storage=handle, load_if_exists=True,
+                               direction="minimize")
+
+
+def _member_of(trial: Any) -> int | None:
+    fixed = trial.system_attrs.get("fixed_params") or {}
+    if MEMBER_PARAM in trial.params:
+        return int(trial.params[MEMBER_PARAM])
+    return int(fixed[MEMBER_PARAM]) if MEMBER_PARAM in fixed else None
+
+
+def _recover(study: Any) -> None:
+    """Fail the RUNNING trials of dead workers: local ones by pid, remote ones by heartbeat."""
+    import optuna
+
+    from fasttricks.tune._workers import fail_orphaned_trials, heartbeat_enabled
+
+    fail_orphaned_trials(study)
+    if heartbeat_enabled(study):
+        optuna.storages.fail_stale_trials(study)
+
+
+def enqueue_missing(study: Any, job: MemberJob) -> list[int]:
+    """Enqueue every member that is neither finished nor WAITING/RUNNING; returns them."""
+    from optuna.trial import TrialState
+
+    busy = {_member_of(t) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))}
+    missing = [i for i in range(len(job.names)) if i not in busy and job.finished(i) is None]
+    for i in missing:
+        study.enqueue_trial({MEMBER_PARAM: i}, user_attrs={"name": job.names[i]})
+    return missing
+
+
+def claim_member(study: Any) -> tuple[int, int] | None:
+    """Move one WAITING trial to RUNNING for this process; ``(trial_id, member)`` or None."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from fasttricks.tune._workers import WORKER_ATTR, worker_id
+
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        storage.set_trial_user_attr(trial._trial_id, WORKER_ATTR, worker_id())
+        return trial._trial_id, _member_of(trial)
+    return None
+
+
+class _Heartbeat:
+    """Refresh a running trial's heartbeat in a thread (RDB storages with heartbeats only)."""
+
+    def __init__(self, study: Any, trial_id: int) -> None:
+        from fasttricks.tune._workers import heartbeat_enabled
+
+        self.storage, self.trial_id = study._storage, trial_id
+        self.stop = threading.Event()
+        self.thread = None
+        if heartbeat_enabled(study):
+            interval = self.storage.get_heartbeat_interval() or HEARTBEAT_SECONDS
+            self.thread = threading.Thread(target=self._beat, args=(interval,), daemon=True)
+
+    def _beat(self, interval: float) -> None:
+        while True:
+            self.storage.record_heartbeat(self.trial_id)
+            if self.stop.wait(interval):
+                return
+
+    def __enter__(self) -> _Heartbeat:
+        if self.thread is not None:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _another_live_claim(study: Any, member: int, trial_id: int) -> bool:
+    """Whether an older RUNNING trial holds the same member (a duplicate enqueue)."""
+    from optuna.trial import TrialState
+
+    return any(_member_of(t) == member and t._trial_id < trial_id
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def work(study: Any, job: MemberJob, *, poll: float = 0.5, label: str = "worker") -> int:
+    """Claim and train members until every member of ``job`` is finished; returns how many
+    this process trained."""
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    trained = 0
+    while True:
+        _recover(study)
+        enqueue_missing(study, job)
+        claimed = claim_member(study)
+        if claimed is None:
+            if all(job.finished(i) is not None for i in range(len(job.names))):
+                return trained
+            time.sleep(poll)  # members still running elsewhere: one may yet fail
+            continue
+        trial_id, i = claimed
+        if i is None or not 0 <= i < len(job.names):
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            continue
+        done = job.finished(i)
+        if done is None and _another_live_claim(study, i, trial_id):
+            storage.set_trial_user_attr(trial_id, "duplicate", True)
+            storage.set_trial_state_values(trial_id, state=TrialState.PRUNED)
+            continue
+        if done is None:
+            with _Heartbeat(study, trial_id):
+                done, learn = train_member(job.store, i, job.names[i], job.train)
+            del learn
+            storage.set_trial_user_attr(trial_id, "trained", True)
+            trained += 1
+            print(f"{label}: {job.names[i]} trained in {float(done['seconds']):.1f}s",
+                  flush=True)
+        storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE,
+                                       values=[float(done.get("seconds", 0.0))])
+
+
+# --------------------------------------------------------------------------------------------
+# the launcher
+
+
+def _worker_command(spec_path: Path, index: int) -> list[str]:
+    return [sys.executable, "-m", "fasttricks.ensemble._worker", os.fspath(spec_path),
+            "--index", str(index)]
+
+
+def run_workers(
+    spec: dict,
+    job: MemberJob,
+    *,
+    workers: int,
+    gpus: Sequence[str] | None = None,
+    storage: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> None:
+    """Train ``job``'s members in ``workers`` processes on this machine; return when every
+    member is finished (by these workers or by others on the same storage).
+
+    Args:
+        spec: the JSON-able description from which a worker rebuilds the same job
+            (``kind``, ``recipe``, ``kwargs``); written to ``<folder>/members.json``.
+        job: the job as built here (its store fingerprint names the study).
+        workers: processes to start (>= 1).
+        gpus: GPU ids dealt out in turn through ``CUDA_VISIBLE_DEVICES``.
+        storage: a storage URL or journal path (default ``<folder>/members.log``).
+        threads: torch threads per worker (default: the cores shared out evenly).
+
+    Raises:
+        RuntimeError: every worker ended and some members are still unfinished.
+    """
+    from fasttricks._validate import check_range
+    from fasttricks.tune._workers import fail_orphaned_trials, worker_env
+
+    check_range("workers", workers, low=1)
+    folder = job.store.folder
+    study_name = f"{spec['kind']}-{job.store.fingerprint}"
+    study = open_study(study_name, folder, storage, workers)
+    enqueue_missing(study, job)
+    todo = [n for i, n in enumerate(job.names) if job.finished(i) is None]
+    if not todo:
+        return
+    n_threads = worker_threads(workers, threads)
+    spec = {**spec, "study": study_name, "threads": n_threads, "fingerprint":
+            job.store.fingerprint}
+    spec_path = folder / SPEC_NAME
+    write_json(spec_path, spec)
+    if progress:
+        where = (", ".join(f"worker {i} -> GPU {gpus[i % len(gpus)]}" for i in range(workers))
+                 if gpus else f"{n_threads} CPU thread(s) each")
+        print(f"{len(todo)} of {len(job.names)} members to train in {workers} workers "
+              f"({where})", flush=True)
+    url = _storage_url(folder, storage)
+    procs = []
+    try:
+        for index in range(workers):
+            env = worker_env(index, gpus, url)
+            env["OMP_NUM_THREADS"] = str(n_threads)
+            procs.append(subprocess.Popen(_worker_command(spec_path, index), env=env))
+        ended: set[int] = set()
+        while len(ended) < len(procs):
+            for index, proc in enumerate(procs):
+                if index not in ended and proc.poll() is not None:
+                    ended.add(index)
+                    if proc.returncode != 0:
+                        print(f"worker {index} (pid {proc.pid}) ended with code "
+                              f"{proc.returncode}", flush=True)
+                        fail_orphaned_trials(study, [proc.pid])
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        fail_orphaned_trials(study, [p.pid for p in procs])
+        raise
+    left = [n for i, n in enumerate(job.names) if job.finished(i) is None]
+    if left:
+        raise RuntimeError(f"the workers ended with members unfinished: {left}; their output "
+                           f"above says why (rerun the same command to continue)")
+
+
+def read_spec(path: str | os.PathLike[str]) -> dict:
+    """A job description written by :func:`run_workers`."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))

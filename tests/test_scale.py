@@ -1,0 +1,147 @@
+"""Ensemble members in worker processes: same results as one after another, each member trained
+once, a killed worker's member retried, a rerun trains nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from fasttricks.ensemble import kfold_fit, seed_ensemble
+from fasttricks.ensemble._parallel import JOURNAL_NAME, _member_of
+from fasttricks.recipes import load_recipe, save_recipe
+from fasttricks.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def tiny_digits(epochs: int = 2):
+    return load_recipe({
+        "name": "tiny_digits", "data": {"name": "digits", "bs": 128},
+        "model": {"name": "mlp", "hidden": [32], "dropout": 0.0},
+        "loss": {"name": "cross_entropy"}, "optimizer": {"name": "adamw", "lr": 1e-2},
+        "schedule": {"fit": "flat_cos", "epochs": epochs}, "metrics": ["accuracy"], "seed": 0,
+    })
+
+
+def _study(folder: Path):
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / JOURNAL_NAME)))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def _trained_per_member(study) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("trained"):
+            counts[_member_of(t)] = counts.get(_member_of(t), 0) + 1
+    return counts
+
+
+def _numbers(result_json: Path) -> dict:
+    """result.json without what depends on the clock."""
+    data = json.loads(result_json.read_text())
+    data.pop("summary")
+    for member in data.get("folds", data.get("members", [])):
+        member.pop("seconds")
+    return data
+
+
+def test_two_workers_give_the_sequential_kfold_results(tmp_path):
+    assert torch.get_num_threads() == 1  # the workers run one thread each too
+    seq = kfold_fit(tiny_digits(), 3, out_dir=tmp_path / "seq", progress=False)
+    par = kfold_fit(tiny_digits(), 3, out_dir=tmp_path / "par", progress=False, workers=2,
+                    threads=1)
+    assert torch.equal(seq.oof_preds, par.oof_preds)
+    assert torch.equal(seq.test_preds, par.test_preds)
+    for a, b in zip(seq.folds, par.folds):
+        wa = torch.load(a.model_path, weights_only=False).state_dict()
+        wb = torch.load(b.model_path, weights_only=False).state_dict()
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert a.valid == b.valid and a.test == b.test and a.best_epoch == b.best_epoch
+    kdir = tmp_path / "par" / "tiny_digits" / "kfold"
+    assert _numbers(tmp_path / "seq" / "tiny_digits" / "kfold" / "result.json") == \
+        _numbers(kdir / "result.json")
+    study = _study(kdir)
+    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
+    owners = {t.user_attrs["worker"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert len(owners) == 2, owners  # both workers took members
+
+    # a rerun finds every fold finished: nothing is trained, no worker is started
+    stamps = {p: p.stat().st_mtime_ns for p in kdir.glob("fold_*.pt*")}
+    again = kfold_fit(tiny_digits(), 3, out_dir=tmp_path / "par", progress=False, workers=2)
+    assert all(f.resumed for f in again.folds)
+    assert {p: p.stat().st_mtime_ns for p in kdir.glob("fold_*.pt*")} == stamps
+    assert _trained_per_member(_study(kdir)) == {0: 1, 1: 1, 2: 1}
+
+
+def test_two_workers_give_the_sequential_seed_ensemble(tmp_path):
+    seq = seed_ensemble(tiny_digits(), seeds=[3, 4], out_dir=tmp_path / "seq", progress=False)
+    par = seed_ensemble(tiny_digits(), seeds=[3, 4], out_dir=tmp_path / "par", progress=False,
+                        workers=2, threads=1)
+    assert torch.equal(seq.valid_preds, par.valid_preds)
+    assert [m.valid for m in seq.members] == [m.valid for m in par.members]
+    assert _numbers(seq.out_dir / "result.json") == _numbers(par.out_dir / "result.json")
+
+
+def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    save_recipe(tiny_digits(epochs=12), recipe)
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "fasttricks.train", str(recipe), "--kfold", "3", "--workers",
+         "2", "--threads", "1", "--out", str(out), "--no-progress"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    kdir = out / "tiny_digits" / "kfold"
+    victim = None
+    deadline = time.monotonic() + 240
+    while victim is None and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.3)
+        if not (kdir / JOURNAL_NAME).exists():
+            continue
+        try:
+            running = _study(kdir).get_trials(states=(TrialState.RUNNING,))
+        except (ValueError, KeyError):
+            continue
+        owned = [t for t in running if "worker" in t.user_attrs]
+        if owned:
+            victim = owned[0]
+    assert victim is not None, launcher.communicate()[0]
+    time.sleep(0.5)  # mid-member
+    pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+    os.kill(pid, signal.SIGKILL)
+    output, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, output
+    assert f"pid {pid}) ended with code -9" in output
+
+    study = _study(kdir)
+    member = _member_of(victim)
+    killed = study.get_trials(deepcopy=False)[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert not (kdir / f"fold_{member}.pt").exists() or _trained_per_member(study)[member] == 1
+    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
+    result = json.loads((kdir / "result.json").read_text())
+    assert [f["fold"] for f in result["folds"]] == [0, 1, 2]
+    assert "3-fold: OOF accuracy" in output
+
+
+def test_workers_without_kfold_is_a_one_line_error(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    save_recipe(tiny_digits(), recipe)
+    assert train_main([str(recipe), "--workers", "2", "--no-save"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --workers, --gpus and --storage apply to --kfold")
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        kfold_fit(tiny_digits(), 3, out_dir=tmp_path, progress=False, workers=0)
