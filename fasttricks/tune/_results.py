@@ -42,7 +42,7 @@ def best_recipe(study: Any, recipe: Mapping[str, Any], space: Mapping[str, Param
     if not _finished(study):
         raise ValueError(f"study {study.study_name!r} has no completed trial yet")
     params = study.best_trial.params
-    return apply_params(recipe, space, lambda param: params[param.key])
+    return apply_params(recipe, space, lambda param: params[param.name])
 
 
 def _to_plain(value: Any) -> Any:
