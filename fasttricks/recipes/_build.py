@@ -170,6 +170,14 @@ def _n_in(model_name: str, splits: DataSplits, dls: DataLoaders) -> tuple[int, d
 # public
 
 
+def subset_indices(labels: Any, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a stratified ``fraction`` of the items (``data.subset``): each class
+    keeps ``fraction`` of its items, within one (:func:`fasttricks.data.stratified_split`)."""
+    from fasttricks.data import stratified_split
+
+    return stratified_split(labels, valid_pct=1.0 - float(fraction), seed=int(seed))[0]
+
+
 def build_dataloaders(
     recipe: str | Path | Mapping[str, Any], splits: DataSplits | None = None
 ) -> DataLoaders:
@@ -177,8 +185,9 @@ def build_dataloaders(
 
     ``dls[2]`` is the unshuffled test loader, so ``learn.get_preds(ds_idx=2)`` predicts the test
     split. ``data.oversample`` (``true``/``max`` or a ratio) repeats training items of rare
-    classes (:func:`fasttricks.data.oversample_indices`); ``data.sampler: weighted`` samples the
-    training loader with per-class weights (``data.weights``, default ``sqrt_inv``) via
+    classes (:func:`fasttricks.data.oversample_indices`) after ``data.subset`` (a fraction in
+    (0, 1]) kept a stratified part of them (:func:`subset_indices`); ``data.sampler: weighted``
+    samples the training loader with per-class weights (``data.weights``, default ``sqrt_inv``) via
     :func:`fasttricks.data.weighted_dataloaders`. ``dls.splits`` holds the (oversampled) splits.
 
     Args:
@@ -192,6 +201,9 @@ def build_dataloaders(
     if splits is None:
         kwargs = {k: v for k, v in data.items() if k not in _DATA_KEYS}
         splits = load_dataset(data["name"], **kwargs)
+    if data.get("subset") is not None and data["subset"] < 1.0:
+        splits = replace(splits, train=splits.train.take(
+            subset_indices(splits.train.y, data["subset"], seed=data.get("seed", 0))))
     if data["oversample"]:
         from fasttricks.data import oversample_indices
 
