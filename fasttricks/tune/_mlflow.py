@@ -90,7 +90,7 @@ def log_run_folder(tracking_uri: str, experiment: str, run_dir: str | os.PathLik
     """Log a finished run folder to MLflow as one run; returns the MLflow run id.
 
     Parameters: every recipe value under its dotted key. Metrics: each numeric column of
-    ``metrics.csv`` per epoch (step = epoch number, from 1), and ``valid_<name>`` /
+    ``metrics.csv`` per epoch (step = epoch number, from 1), and ``final_valid_<name>`` /
     ``test_<name>`` from ``summary.json``. Artifacts: every file of the folder.
 
     Args:
@@ -116,11 +116,11 @@ def log_run_folder(tracking_uri: str, experiment: str, run_dir: str | os.PathLik
                 value = _finite(value)
                 if value is not None:
                     mlflow.log_metric(column, value, step=int(epoch) + 1)
-        for split in ("valid", "test"):
+        for split, prefix in (("valid", "final_valid_"), ("test", "test_")):
             for name, value in (run["summary"].get(split) or {}).items():
                 value = _finite(value)
                 if value is not None:
-                    mlflow.log_metric(f"{split}_{name}", value)
+                    mlflow.log_metric(f"{prefix}{name}", value)
         mlflow.log_artifacts(str(run_dir))
         return active.info.run_id
 
