@@ -74,8 +74,9 @@ def results_table(root: str | os.PathLike[str], sort: str | None = None) -> pd.D
 
     Columns: ``run`` (the folder relative to ``root``), the dotted recipe keys whose values
     differ between runs (all of them with one run: none), then ``epochs``, ``train_seconds``
-    and the scores. ``sort`` orders rows by a column, best first (lower first for losses and
-    errors, :func:`fasttricks.metrics.lower_is_better`, ``train_seconds`` and ``epochs``).
+    and the scores. ``sort`` orders rows by a column: a score best first (lower first for
+    losses and errors, :func:`fasttricks.metrics.lower_is_better`, ``train_seconds`` and
+    ``epochs``), a recipe key smallest first.
 
     Raises:
         FileNotFoundError: ``root`` is missing or holds no finished run.
@@ -117,7 +118,7 @@ def _lower_is_better(column: str) -> bool:
         if column.startswith(prefix):
             name = column[len(prefix):]
             return name == "loss" or lower_is_better(name)
-    return lower_is_better(column)
+    return True  # a recipe key: smallest first
 
 
 def _sorted(table: pd.DataFrame, column: str) -> pd.DataFrame:
