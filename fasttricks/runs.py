@@ -116,3 +116,11 @@ def summary_line(result: Any) -> str:
     if result.out_dir is not None:
         parts.append(f"-> {result.out_dir}")
     return ", ".join(parts)
+
+
+if __name__ == "__main__":  # python -m fasttricks.runs table [runs/] (fasttricks.results_table)
+    import sys
+
+    from fasttricks.results_table import main
+
+    sys.exit(main())

@@ -41,7 +41,7 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 # The errors a bad recipe, option or data setting raises: printed as one line, exit code 2.
-_USER_ERRORS = (KeyError, TypeError, ValueError, FileNotFoundError)
+_USER_ERRORS = (KeyError, TypeError, ValueError, FileNotFoundError, ImportError)
 
 
 def _error(err: BaseException) -> int:
@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs)")
     p.add_argument("--no-save", action="store_true", help="write nothing to disk")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--mlflow", default=None, metavar="URI",
+                   help="log the run folder (parameters, per-epoch metrics, files) to this "
+                        "MLflow tracking URI (needs mlflow-skinny)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice)")
     p.add_argument("--debug", action="store_true",
@@ -140,6 +143,13 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         return _launch_ddp(args, argv)
     out = None if args.no_save or not is_rank0() else args.out  # only rank 0 writes
     progress = not args.no_progress and is_rank0()
+    if args.mlflow is not None:
+        from fasttricks.tune._mlflow import check_tracking_uri
+
+        if args.no_save or args.kfold is not None:
+            raise ValueError("--mlflow logs the run folder: it cannot be combined with "
+                             "--no-save or --kfold")
+        check_tracking_uri(args.mlflow)
     if world_size() > 1 and recipe["distributed"] != "none":
         if args.kfold is not None or args.seeds > 1:
             raise RecipeError("torchrun trains one model: --kfold and --seeds are not "
@@ -161,14 +171,31 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         _, summary = run_seeds(recipe, args.seeds, out_dir=out, progress=progress)
         s = summary["test"]
         where = f" -> {Path(out) / recipe['name'] / 'seeds.json'}" if out else ""
+        if args.mlflow is not None:
+            _log_mlflow(args.mlflow, recipe, [Path(out) / recipe["name"] / f"seed_{seed}"
+                                              for seed in _seed_range(recipe, args.seeds)])
         print(f"{recipe['name']}: test {summary['metric']} over {s['n']} seeds: mean "
               f"{s['mean']:.4f}, std {s['std']:.4f}, stderr {s['stderr']:.4f} "
               f"(min {s['min']:.4f}, max {s['max']:.4f}) in "
               f"{time.perf_counter() - start:.1f}s{where}")
         return 0
     result = run_recipe(recipe, out_dir=out, progress=progress)
+    if args.mlflow is not None:
+        _log_mlflow(args.mlflow, recipe, [result.out_dir])
     print(summary_line(result))
     return 0
+
+
+def _seed_range(recipe: object, n_seeds: int) -> range:
+    """The training seeds ``--seeds N`` runs: ``seed .. seed + N - 1``."""
+    return range(recipe["seed"], recipe["seed"] + n_seeds)
+
+
+def _log_mlflow(uri: str, recipe: object, run_dirs: list) -> None:
+    from fasttricks.tune._mlflow import log_run_folder
+
+    for run_dir in run_dirs:
+        log_run_folder(uri, recipe["name"], run_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

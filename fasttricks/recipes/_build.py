@@ -184,6 +184,12 @@ def _drop_class(splits: DataSplits, cls: Any, fraction: float, seed: int) -> Dat
                           f"{', '.join(names[:30])}{' ...' if len(names) > 30 else ''}")
     keep = drop_class_indices(splits.train.y, index, fraction, seed=seed)
     return replace(splits, train=splits.train.take(keep))
+def subset_indices(labels: Any, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a stratified ``fraction`` of the items (``data.subset``): each class
+    keeps ``fraction`` of its items, within one (:func:`fasttricks.data.stratified_split`)."""
+    from fasttricks.data import stratified_split
+
+    return stratified_split(labels, valid_pct=1.0 - float(fraction), seed=int(seed))[0]
 
 
 def build_dataloaders(
@@ -192,8 +198,9 @@ def build_dataloaders(
     """fastai ``DataLoaders`` (train, valid, test) for a recipe's ``data`` section.
 
     ``dls[2]`` is the unshuffled test loader, so ``learn.get_preds(ds_idx=2)`` predicts the test
-    split. ``data.drop_class`` / ``data.drop_fraction`` remove that share of one class's
-    training items first (:func:`fasttricks.data.drop_class_indices`, seeded by ``seed``).
+    split. ``data.subset`` (a fraction in (0, 1]) keeps a stratified part of the training items
+    (:func:`subset_indices`); ``data.drop_class`` / ``data.drop_fraction`` remove that share of one
+    class's training items (:func:`fasttricks.data.drop_class_indices`, seeded by ``seed``).
     ``data.oversample`` (``true``/``max`` or a ratio) repeats training items of rare
     classes (:func:`fasttricks.data.oversample_indices`); ``data.sampler: weighted`` samples the
     training loader with per-class weights (``data.weights``, default ``sqrt_inv``) via
@@ -210,6 +217,9 @@ def build_dataloaders(
     if splits is None:
         kwargs = {k: v for k, v in data.items() if k not in _DATA_KEYS}
         splits = load_dataset(data["name"], **kwargs)
+    if data.get("subset") is not None and data["subset"] < 1.0:
+        splits = replace(splits, train=splits.train.take(
+            subset_indices(splits.train.y, data["subset"], seed=data.get("seed", 0))))
     if data.get("drop_fraction"):
         splits = _drop_class(splits, data["drop_class"], data["drop_fraction"], recipe["seed"])
     if data["oversample"]:

@@ -258,8 +258,8 @@ _SECTIONS = ("name", "description", "data", "model", "loss", "optimizer", "sched
 _DISTRIBUTED = ("auto", "none", "ddp")
 
 # data keys handled by the recipe itself; the rest are the dataset loader's arguments
-_DATA_KEYS = ("name", "bs", "valid_bs", "sampler", "weights", "oversample", "drop_class",
-              "drop_fraction")
+_DATA_KEYS = ("name", "bs", "valid_bs", "sampler", "weights", "oversample", "subset",
+              "drop_class", "drop_fraction")
 _SCHEDULE_KEYS = ("fit", "epochs", "pct_start", "div", "div_final")
 _FITS = ("flat_cos", "one_cycle")
 _SAMPLERS = ("random", "weighted")
@@ -321,6 +321,12 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
                               f"(0, 1] (rare classes grow to ratio * largest), got {over!r}")
         out["oversample"] = ratio
     out.update(_validate_drop(data))
+    subset = data.get("subset")
+    if subset is not None:  # a stratified fraction of the training data; absent: all of it
+        out["subset"] = _as_float("data.subset", subset)
+        if not 0.0 < out["subset"] <= 1.0:
+            raise RecipeError("recipe key 'data.subset' must be a fraction in (0, 1] of the "
+                              f"training data (a stratified subset), got {subset!r}")
     for key, value in data.items():
         if key in _DATA_KEYS:
             continue

@@ -26,8 +26,14 @@ from fasttricks.tune._pruners import (
     make_pruner,
     plan_pruner,
 )
-from fasttricks.tune._results import best_recipe, write_results
-from fasttricks.tune._space import Param, load_space
+from fasttricks.tune._results import (
+    best_recipe,
+    best_trial,
+    ranked_trials,
+    subset_correlation,
+    write_results,
+)
+from fasttricks.tune._space import Param, grid_points, load_space
 from fasttricks.tune._storage import make_storage
 from fasttricks.tune._study import (
     PreparedStudy,
@@ -42,6 +48,7 @@ __all__ = [
     "PRUNERS",
     "PRUNER_TYPES",
     "SAMPLERS",
+    "GridPointSampler",
     "Param",
     "PreparedStudy",
     "PrunerPlan",
@@ -51,15 +58,19 @@ __all__ = [
     "TrialDiverged",
     "TuneOptions",
     "best_recipe",
+    "best_trial",
     "describe_pruner",
+    "grid_points",
     "load_space",
     "make_pruner",
     "make_sampler",
     "make_storage",
     "plan_pruner",
     "prepare_study",
+    "ranked_trials",
     "run_study",
     "sampler_seed",
+    "subset_correlation",
     "tune",
     "write_results",
 ]
@@ -68,6 +79,7 @@ _LAZY = {
     # fastai and optuna are imported only when these are asked for, so storage-only processes
     # (and `import fasttricks.tune`) start fast.
     "PruningCallback": "fasttricks.tune._callback",
+    "GridPointSampler": "fasttricks.tune._sampler",
     "SeededSampler": "fasttricks.tune._sampler",
     "make_sampler": "fasttricks.tune._sampler",
     "sampler_seed": "fasttricks.tune._sampler",

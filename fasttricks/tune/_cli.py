@@ -46,6 +46,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value
+
+
 def _gpu_list(text: str) -> list[str]:
     gpus = [part.strip() for part in text.split(",") if part.strip()]
     if not gpus:
@@ -70,9 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="search space YAML (default: <recipe>.space.yaml beside the recipe)")
     parser.add_argument("--pruner", default="hyperband",
                         help="hyperband (default), asha, median or none")
-    parser.add_argument("--sampler", default="tpe", help="tpe (default) or random")
-    parser.add_argument("--n-trials", type=_positive_int, default=20,
-                        help="finished trials the study should hold (default 20)")
+    parser.add_argument("--sampler", default="tpe",
+                        help="tpe (default), random, or grid (every combination of a space of "
+                             "categorical and stepped parameters, once)")
+    parser.add_argument("--n-trials", type=_positive_int, default=None,
+                        help="finished trials the study should hold (default 20; with "
+                             "--sampler grid the number of grid points)")
+    parser.add_argument("--subset", type=_fraction, default=None, metavar="FRACTION",
+                        help="train trials on a stratified fraction of the training data, e.g. "
+                             "0.25; best.yaml keeps all of it")
+    parser.add_argument("--retrain-best", action=argparse.BooleanOptionalAction, default=None,
+                        help="when the study ends, retrain the best trial(s) on all the "
+                             "training data (default: on with --subset)")
+    parser.add_argument("--retrain-top", type=_positive_int, default=1, metavar="K",
+                        help="retrain the best K trials (default 1; K >= 3 also reports the "
+                             "subset vs full rank correlation)")
     parser.add_argument("--timeout", type=_positive_float, default=None,
                         help="stop starting new trials after this many seconds")
     parser.add_argument("--metric", default=None,
@@ -140,16 +162,17 @@ def _options_from_args(args: argparse.Namespace) -> Any:
         metric=args.metric, direction=args.direction, storage=args.storage,
         study_name=args.study_name, seed=args.seed, workers=workers, gpus=args.gpus,
         heartbeat=args.heartbeat, max_retry=args.max_retry, max_failures=args.max_failures,
-        mlflow=args.mlflow, threads=args.threads,
+        mlflow=args.mlflow, threads=args.threads, subset=args.subset,
+        retrain_best=args.retrain_best, retrain_top=args.retrain_top,
     )
 
 
 def _check_mlflow(uri: str | None) -> None:
     if uri is None:
         return
-    from fasttricks.tune._mlflow import import_mlflow
+    from fasttricks.tune._mlflow import check_tracking_uri
 
-    import_mlflow()
+    check_tracking_uri(uri)
 
 
 def _prepare(args: argparse.Namespace) -> Any:

@@ -24,10 +24,11 @@ from fasttricks._validate import check_choice, check_range
 __all__ = ["DIRECTIONS", "OPTIONS_FILE", "SAMPLERS", "STORAGE_ENV", "TuneOptions",
            "check_study_name", "default_threads"]
 
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "grid")
 DIRECTIONS = ("maximize", "minimize")
 OPTIONS_FILE = "options.json"
 STORAGE_ENV = "FASTTRICKS_TUNE_STORAGE"
+DEFAULT_N_TRIALS = 20
 
 
 def default_threads(workers: int = 1) -> int:
@@ -67,8 +68,10 @@ class TuneOptions:
 
     Args:
         pruner: ``"hyperband"`` (default), ``"asha"``, ``"median"`` or ``"none"``.
-        sampler: ``"tpe"`` (default) or ``"random"``.
-        n_trials: finished trials (COMPLETE or PRUNED) the study should hold, default 20.
+        sampler: ``"tpe"`` (default), ``"random"`` or ``"grid"`` (every combination of a
+            discrete space once, :class:`~fasttricks.tune.GridPointSampler`).
+        n_trials: finished trials (COMPLETE or PRUNED) the study should hold; default None:
+            20, or the number of grid points with ``sampler="grid"``.
         timeout: stop starting trials after this many seconds (default None).
         metric, direction: what to optimize (default: the recipe's primary metric, with the
             direction :func:`fasttricks.metrics.metric_direction` gives it).
@@ -84,6 +87,12 @@ class TuneOptions:
         max_failures: stop after this many failed trials in this run (default
             ``max(3, n_trials)``).
         mlflow: an MLflow tracking URI to log each trial to (needs ``mlflow``).
+        subset: train trials on this stratified fraction of the training data, in (0, 1)
+            (default None: all of it); ``best.yaml`` keeps the recipe's own data.
+        retrain_best: when the study ends, retrain the best ``retrain_top`` trials on all the
+            training data and record both results (default None: on when ``subset`` is set).
+        retrain_top: how many of the best trials to retrain (default 1; 3 or more also give
+            the rank correlation between subset and full results).
         threads: torch CPU threads per worker (default :func:`default_threads`).
         root: the folder of study folders, default ``runs``.
         out_dir: where results go (default ``<root>/<study name>``).
@@ -97,7 +106,7 @@ class TuneOptions:
 
     pruner: str = "hyperband"
     sampler: str = "tpe"
-    n_trials: int = 20
+    n_trials: int | None = None
     timeout: float | None = None
     metric: str | None = None
     direction: str | None = None
@@ -110,6 +119,9 @@ class TuneOptions:
     max_retry: int | None = None
     max_failures: int | None = None
     mlflow: str | None = None
+    subset: float | None = None
+    retrain_best: bool | None = None
+    retrain_top: int = 1
     threads: int | None = None
     root: str = "runs"
     out_dir: str | None = None
@@ -139,6 +151,18 @@ class TuneOptions:
                                       or not isinstance(self.seed, int)):
             raise TypeError(f"seed must be an integer or None, got {self.seed!r}")
         _optional_int("workers", self.workers, 1)
+        _optional_int("retrain_top", self.retrain_top, 1)
+        if self.subset is not None:
+            if isinstance(self.subset, bool) or not isinstance(self.subset, (int, float)):
+                raise TypeError(f"subset must be a fraction in (0, 1), got {self.subset!r}")
+            check_range("subset", self.subset, 0.0, 1.0, low_inclusive=False,
+                        high_inclusive=False)
+        if self.retrain_best is not None and not isinstance(self.retrain_best, bool):
+            raise TypeError(f"retrain_best must be true, false or None, got "
+                            f"{self.retrain_best!r}")
+        if self.retrain_best and self.subset is None:
+            raise ValueError("retrain_best retrains trials on all the training data, so it "
+                             "needs subset (a fraction in (0, 1)) for the trials")
         _optional_int("heartbeat", self.heartbeat, 1)
         _optional_int("max_retry", self.max_retry, 0)
         _optional_int("max_failures", self.max_failures, 1)
@@ -164,7 +188,15 @@ class TuneOptions:
     @property
     def failure_cap(self) -> int:
         """Failed trials this run tolerates: ``max_failures`` or ``max(3, n_trials)``."""
-        return self.max_failures if self.max_failures is not None else max(3, self.n_trials)
+        if self.max_failures is not None:
+            return self.max_failures
+        return max(3, self.n_trials if self.n_trials is not None else DEFAULT_N_TRIALS)
+
+    @property
+    def retrains(self) -> bool:
+        """Whether the best trials are retrained on all the data (``retrain_best``, default
+        on with ``subset``)."""
+        return self.subset is not None if self.retrain_best is None else self.retrain_best
 
     @property
     def thread_count(self) -> int:

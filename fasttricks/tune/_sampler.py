@@ -10,6 +10,9 @@ number, which the storage hands out once per study.
 from __future__ import annotations
 
 import hashlib
+import json
+import random
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -17,11 +20,16 @@ import optuna
 from fasttricks._validate import check_choice
 from fasttricks.tune._options import SAMPLERS
 
-__all__ = ["SAMPLERS", "SeededSampler", "make_sampler", "sampler_seed"]
+__all__ = ["GRID_ATTR", "SAMPLERS", "GridPointSampler", "SeededSampler", "make_sampler",
+           "sampler_seed"]
+
+GRID_ATTR = "grid_point"
 
 
 def make_sampler(name: str = "tpe", seed: int | None = 0, n_trials: int | None = None) -> Any:
     """An Optuna sampler by name: ``"tpe"`` (default) or ``"random"``.
+
+    A grid (``"grid"``) needs the space's points, so it is a :class:`GridPointSampler`.
 
     TPE (Bergstra et al. 2011) starts with ``min(10, max(3, n_trials // 3))`` random trials
     (Optuna's default is 10, too many for a 12-trial study). Parallel workers do not propose
@@ -31,6 +39,8 @@ def make_sampler(name: str = "tpe", seed: int | None = 0, n_trials: int | None =
         KeyError: unknown name (lists the known samplers and the closest match).
     """
     check_choice("sampler", name, SAMPLERS)
+    if name == "grid":
+        raise ValueError("the grid sampler needs the grid: use GridPointSampler(grid_points(...))")
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = 10 if n_trials is None else min(10, max(3, n_trials // 3))
@@ -93,3 +103,73 @@ class SeededSampler(optuna.samplers.BaseSampler):
 
     def reseed_rng(self) -> None:
         self._inner.reseed_rng()
+
+
+def _point_key(point: Mapping[str, Any]) -> str:
+    return json.dumps(sorted(point.items()), default=str)
+
+
+class GridPointSampler(optuna.samplers.BaseSampler):
+    """Grid search over given points: each trial takes one point not yet taken.
+
+    Like Optuna's ``GridSampler``, but over a list of points rather than the Cartesian product
+    of every parameter's values, so a conditional parameter does not multiply the grid where
+    it is not sampled (:func:`fasttricks.tune._space.grid_points`). A point is taken by a
+    trial that is running, waiting, finished or pruned; a failed trial's point is free again,
+    so it is retried. Among free points one is drawn at random (seeded), which makes two
+    workers starting at once less likely to pick the same point; once every point is taken,
+    a point is repeated (a study on a finished grid should stop at ``n_trials`` before that).
+
+    Args:
+        points: ``{parameter name: value}`` per grid point (at least one, no duplicates).
+        seed: seed of the draw among free points (None: unseeded).
+    """
+
+    def __init__(self, points: Sequence[Mapping[str, Any]], seed: int | None = 0) -> None:
+        self.points = [dict(p) for p in points]
+        if not self.points:
+            raise ValueError("the grid has no points")
+        self._keys = [_point_key(p) for p in self.points]
+        if len(set(self._keys)) != len(self._keys):
+            raise ValueError("the grid has duplicate points")
+        self._by_key = dict(zip(self._keys, self.points, strict=True))
+        self._rng = random.Random(seed)
+
+    def taken(self, study: Any) -> set[str]:
+        """The points of trials that are running, waiting, finished or pruned."""
+        from optuna.trial import TrialState
+
+        busy = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
+        return {t.system_attrs[GRID_ATTR] for t in study.get_trials(deepcopy=False, states=busy)
+                if GRID_ATTR in t.system_attrs}
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        if GRID_ATTR in trial.system_attrs or "fixed_params" in trial.system_attrs:
+            return
+        taken = self.taken(study)
+        free = [k for k in self._keys if k not in taken] or list(self._keys)
+        study._storage.set_trial_system_attr(trial._trial_id, GRID_ATTR, self._rng.choice(free))
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+        return {}
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(self, study: Any, trial: Any, param_name: str,
+                           param_distribution: Any) -> Any:
+        key = trial.system_attrs.get(GRID_ATTR)
+        point = self._by_key.get(key)
+        if point is None or param_name not in point:
+            raise ValueError(
+                f"grid point {key} has no value for parameter {param_name!r}: the search "
+                "space changed since the study started; use another --study-name"
+            )
+        value = point[param_name]
+        if not param_distribution._contains(param_distribution.to_internal_repr(value)):
+            raise ValueError(f"grid value {value!r} of {param_name!r} is outside "
+                             f"{param_distribution}")
+        return value
+
+    def reseed_rng(self) -> None:
+        self._rng = random.Random()

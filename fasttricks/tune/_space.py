@@ -24,6 +24,21 @@ Two forms switch whole parts of a recipe:
 - ``callbacks.<name>: {type: bool}`` adds (true) or removes (false) the registered callback
   ``<name>`` (``ema``, ``sam``...) with its default options.
 
+A parameter can depend on a value set before it. ``when: {optimizer.name: [adamw, ranger]}``
+samples it only in trials where that key has one of those values, and ``key:`` lets one recipe
+key have several parameters under their own names, e.g. the cheatsheet's eps sweep, which
+differs by optimizer family::
+
+    optimizer.eps:
+      type: categorical
+      choices: [1.0, 0.1, 0.01]
+      when: {optimizer.name: [adamw, ranger]}
+    optimizer.eps@adabelief:
+      key: optimizer.eps
+      type: categorical
+      choices: [1.0e-8, 1.0e-16, 1.0e-12]
+      when: {optimizer.name: [rangeradabelief]}
+
 Keys are set in this order: sections and ``*.name`` keys first, then callback switches, then
 the rest in file order. A key the trial's recipe does not accept after that (``optimizer.eps``
 when ``sgd`` was sampled, which has no eps) is not sampled in that trial: Optuna's
@@ -51,6 +66,8 @@ __all__ = [
     "apply_value",
     "check_space_keys",
     "default_space_path",
+    "grid_points",
+    "grid_values",
     "load_space",
     "ordered",
     "space_spec",
@@ -64,6 +81,7 @@ _FIELDS = {
     "categorical": {"type", "choices"},
     "bool": {"type"},
 }
+_COMMON_FIELDS = {"key", "when"}
 _MISSING = object()
 
 
@@ -78,6 +96,11 @@ class Param:
         log: sample on a log scale (numbers only; needs ``low > 0``; not with ``step``).
         step: grid step for numbers (default None: continuous floats, 1 for ints).
         choices: the candidates of a categorical parameter (at least one).
+        values: the recipe values behind preset labels (``choices`` as a mapping), else None.
+        name: the parameter's name in the study (default: ``key``); several parameters may set
+            one key under different names when their ``when`` conditions exclude each other.
+        when: ``((dotted key, allowed values), ...)``: sample only in trials where each key
+            has one of its values (default: always).
     """
 
     key: str
@@ -88,6 +111,12 @@ class Param:
     step: float | int | None = None
     choices: tuple[Any, ...] | None = None
     values: tuple[Any, ...] | None = None
+    name: str = ""
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.key)
 
     def value_of(self, sampled: Any) -> Any:
         """The recipe value of a sampled choice (the preset behind a label, else itself)."""
@@ -119,13 +148,13 @@ class Param:
                                  step=None if self.step is None else float(self.step))
 
     def suggest(self, trial: Any) -> Any:
-        """Sample this parameter from an ``optuna.Trial`` (the key is the parameter name)."""
+        """Sample this parameter from an ``optuna.Trial`` under :attr:`name`."""
         if self.type == "categorical":
-            return trial.suggest_categorical(self.key, list(self.choices or ()))
+            return trial.suggest_categorical(self.name, list(self.choices or ()))
         if self.type == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high),
+            return trial.suggest_int(self.name, int(self.low), int(self.high),
                                      step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(self.key, float(self.low), float(self.high),
+        return trial.suggest_float(self.name, float(self.low), float(self.high),
                                    step=self.step, log=self.log)
 
     def candidates(self) -> tuple[Any, ...]:
@@ -149,14 +178,48 @@ def _number(key: str, field: str, value: Any) -> float | int:
     return value
 
 
-def _parse_param(key: Any, spec: Any) -> Param:
+def _check_dotted(what: str, key: Any) -> str:
     if not isinstance(key, str) or not key or key.startswith(".") or key.endswith("."):
-        raise ValueError(f"search space keys must be dotted recipe keys, got {key!r}")
+        raise ValueError(f"{what} must be dotted recipe keys, got {key!r}")
+    return key
+
+
+def _parse_when(name: str, when: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if not isinstance(when, Mapping) or not when:
+        raise ValueError(f"search space {name!r}: when must be a mapping like "
+                         f"{{optimizer.name: [adamw, ranger]}}, got {when!r}")
+    out = []
+    for key, allowed in when.items():
+        _check_dotted(f"search space {name!r}: when keys", key)
+        if isinstance(allowed, (str, int, float, bool)) or allowed is None:
+            allowed = [allowed]
+        if not isinstance(allowed, Sequence) or len(allowed) == 0:
+            raise ValueError(f"search space {name!r}: when {key!r} needs a value or a "
+                             f"non-empty list of values, got {allowed!r}")
+        out.append((key, tuple(allowed)))
+    return tuple(out)
+
+
+def _parse_param(name: Any, spec: Any) -> Param:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"search space keys must be dotted recipe keys, got {name!r}")
     if not isinstance(spec, Mapping):
         raise ValueError(
-            f"search space {key!r}: expected a mapping like "
+            f"search space {name!r}: expected a mapping like "
             f"{{type: float, low: 1e-4, high: 1e-2, log: true}}, got {spec!r}"
         )
+    if "key" in spec:
+        key = _check_dotted(f"search space {name!r}: 'key' values", spec["key"])
+    else:
+        key = _check_dotted("search space keys (or give 'key:')", name)
+    when = _parse_when(name, spec["when"]) if "when" in spec else ()
+    spec = {k: v for k, v in spec.items() if k not in _COMMON_FIELDS}
+    param = _parse_spec(name, spec)
+    return Param(key, param.type, param.low, param.high, param.log, param.step, param.choices,
+                 param.values, name=name, when=when)
+
+
+def _parse_spec(key: str, spec: Mapping[str, Any]) -> Param:
     kind = spec.get("type", _MISSING)
     if kind is _MISSING:
         raise ValueError(f"search space {key!r}: missing 'type' (one of {', '.join(PARAM_TYPES)})")
@@ -166,10 +229,11 @@ def _parse_param(key: Any, spec: Any) -> Param:
         raise ValueError(f"search space {key!r}: {err}") from None
     unknown = sorted(set(spec) - _FIELDS[kind])
     if unknown:
-        hint = closest(unknown[0], _FIELDS[kind])
+        hint = closest(unknown[0], _FIELDS[kind] | _COMMON_FIELDS)
         raise ValueError(
             f"search space {key!r}: unknown field(s) {unknown} for type {kind!r}; allowed: "
-            f"{sorted(_FIELDS[kind])}" + (f". Did you mean {hint!r}?" if hint else "")
+            f"{sorted(_FIELDS[kind] | _COMMON_FIELDS)}"
+            + (f". Did you mean {hint!r}?" if hint else "")
         )
     if kind == "bool":
         return Param(key, "categorical", choices=(False, True))
@@ -264,13 +328,57 @@ def load_space(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, 
         )
     if not raw:
         raise ValueError("the search space is empty: give at least one parameter to tune")
-    return {key: _parse_param(key, spec) for key, spec in raw.items()}
+    space = {name: _parse_param(name, spec) for name, spec in raw.items()}
+    _check_conditions(space)
+    return space
+
+
+def _check_conditions(space: Mapping[str, Param]) -> None:
+    """``when`` keys set by the space come earlier in :func:`ordered` order and name values
+    that parameter can take; parameters sharing a recipe key exclude each other."""
+    position = {param.name: i for i, param in enumerate(ordered(space))}
+    setters: dict[str, list[Param]] = {}
+    for param in space.values():
+        setters.setdefault(param.key, []).append(param)
+    for param in space.values():
+        for key, allowed in param.when:
+            for setter in setters.get(key, []):
+                if position[setter.name] >= position[param.name]:
+                    raise ValueError(
+                        f"search space {param.name!r}: its condition on {key!r} must be set "
+                        f"before it; move {setter.name!r} above it (sections and *.name keys "
+                        "are always set first)"
+                    )
+                if setter.type == "categorical":
+                    unknown = [v for v in allowed if v not in setter.choices]
+                    if unknown and len(setters[key]) == 1:
+                        raise ValueError(
+                            f"search space {param.name!r}: when {key!r} lists {unknown!r}, "
+                            f"which {setter.name!r} never samples; its choices: "
+                            f"{list(setter.choices or ())!r}"
+                        )
+    for key, params in setters.items():
+        for i, first in enumerate(params):
+            for second in params[i + 1:]:
+                if not _exclusive(first, second):
+                    raise ValueError(
+                        f"search space {first.name!r} and {second.name!r} both set {key!r} "
+                        "in the same trial; give them 'when' conditions that exclude each "
+                        "other (e.g. on optimizer.name)"
+                    )
+
+
+def _exclusive(first: Param, second: Param) -> bool:
+    other = dict(second.when)
+    return any(key in other and not set(map(repr, allowed)) & set(map(repr, other[key]))
+               for key, allowed in first.when)
 
 
 def space_spec(space: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
     """The YAML-ready mapping of ``space`` (``load_space(space_spec(s)) == s``)."""
     out: dict[str, dict[str, Any]] = {}
-    for key, param in space.items():
+    for param in space.values():
+        key = param.name
         if param.type == "categorical" and param.values is not None:
             out[key] = {"type": "categorical",
                         "choices": dict(zip(param.choices or (), param.values, strict=True))}
@@ -283,6 +391,10 @@ def space_spec(space: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
             if param.step is not None:
                 spec["step"] = param.step
             out[key] = spec
+        if param.key != param.name:
+            out[key] = {"key": param.key, **out[key]}
+        if param.when:
+            out[key]["when"] = {k: list(v) for k, v in param.when}
     return out
 
 
@@ -391,15 +503,28 @@ class TrialSampler:
         returns the sampled value and is not called for the others."""
         out: dict[str, Any] = {}
         structure: dict[str, Any] = {}
+        chosen: dict[str, Any] = {}
         for param in self._params:
-            if not self._accepted(param, structure):
+            if not self._holds(param, chosen) or not self._accepted(param, structure):
                 continue
             callbacks = structure.get("callbacks", self.recipe.get("callbacks"))
-            key, value = _override(param, sample(param), callbacks)
+            sampled = sample(param)
+            key, value = _override(param, sampled, callbacks)
             out[key] = value
+            chosen[param.key] = sampled
             if _rank(param) < 2:
                 structure[key] = value
-        return out
+        return _with_fit_defaults(self.recipe, out)
+
+    def _holds(self, param: Param, chosen: Mapping[str, Any]) -> bool:
+        """Whether every ``when`` condition of ``param`` holds for the values chosen so far
+        (a key not sampled in this trial has the base recipe's value)."""
+        for key, allowed in param.when:
+            value = chosen[key] if key in chosen else _lookup(self.recipe, key)
+            if not any(value == a and type(value) is type(a) or repr(value) == repr(a)
+                       for a in allowed):
+                return False
+        return True
 
     def recipe_for(self, sample: Any) -> Any:
         """The trial's recipe: the base with every sampled value, in one ``load_recipe`` call."""
@@ -408,11 +533,92 @@ class TrialSampler:
         return load_recipe(self.recipe, self.overrides(sample))
 
 
+def _with_fit_defaults(recipe: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """A sampled ``schedule.fit`` gets its own default ``pct_start`` (0.75 for flat_cos, 0.25
+    for one_cycle) unless the base recipe set one of its own or the space samples it."""
+    from fasttricks.recipes._schema import _PCT_START
+
+    base = recipe.get("schedule") or {}
+    if ("schedule.fit" in out and "schedule.pct_start" not in out and base.get("fit") in
+            _PCT_START and base.get("pct_start") == _PCT_START[base["fit"]]):
+        out["schedule.pct_start"] = None
+    return out
+
+
+def _lookup(recipe: Any, dotted: str) -> Any:
+    value = recipe
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def grid_values(param: Param) -> tuple[Any, ...]:
+    """Every value a grid search tries for ``param``: its choices, or ``low, low + step, ...,
+    high`` for a stepped number (step 1 for ints).
+
+    Raises:
+        ValueError: a float without ``step`` (a continuous range has no grid).
+    """
+    if param.type == "categorical":
+        return tuple(param.choices or ())
+    if param.type == "int":
+        return tuple(range(int(param.low), int(param.high) + 1, int(param.step or 1)))
+    if param.step is None:
+        raise ValueError(
+            f"grid search needs discrete parameters: {param.name!r} is a continuous float "
+            f"in [{param.low}, {param.high}]; give it a step or make it categorical "
+            f"(e.g. choices: [{param.low}, {param.high}])"
+        )
+    count = int(math.floor((param.high - param.low) / param.step + 1e-9)) + 1
+    return tuple(float(param.low + i * param.step) for i in range(count))
+
+
+class _Branch(Exception):
+    def __init__(self, param: Param) -> None:
+        super().__init__(param.name)
+        self.param = param
+
+
+def grid_points(recipe: Mapping[str, Any], space: Mapping[str, Param]) -> list[dict[str, Any]]:
+    """Every distinct combination of a discrete space, as ``{parameter name: value}``.
+
+    A conditional parameter (one the trial's recipe does not accept, or whose ``when`` does
+    not hold) is left out of the combinations where it is not sampled, so a grid over
+    ``optimizer.name: [adamw, sgd]`` and ``optimizer.eps: [1.0, 0.1]`` has three points, not
+    four: ``sgd`` has no eps. Points come in depth-first order of :func:`ordered`.
+
+    Raises:
+        ValueError: a continuous parameter (:func:`grid_values`).
+    """
+    values = {param.name: grid_values(param) for param in space.values()}
+    sampler = TrialSampler(recipe, space)
+    points: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = [{}]
+    while pending:
+        fixed = pending.pop()
+
+        def sample(param: Param, fixed: dict[str, Any] = fixed) -> Any:
+            if param.name not in fixed:
+                raise _Branch(param)
+            return fixed[param.name]
+
+        try:
+            sampler.overrides(sample)
+        except _Branch as branch:
+            name = branch.param.name
+            pending.extend({**fixed, name: v} for v in reversed(values[name]))
+            continue
+        points.append(fixed)
+    return points
+
+
 def apply_params(recipe: Mapping[str, Any], space: Mapping[str, Param], sample: Any) -> Any:
     """Set every parameter of ``space`` in ``recipe`` (see :class:`TrialSampler`).
 
     ``sample(param)`` returns the sampled value (e.g. ``param.suggest(trial)``, or a stored
-    trial's ``params[param.key]``); it is not called for keys the recipe does not accept
+    trial's ``params[param.name]``); it is not called for keys the recipe does not accept
     after the earlier values were set.
     """
     return TrialSampler(recipe, space).recipe_for(sample)

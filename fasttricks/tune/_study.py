@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from fasttricks._validate import check_choice, check_range
 from fasttricks.tune._logs import optuna_log_level, quiet_experimental
 from fasttricks.tune._options import (
+    DEFAULT_N_TRIALS,
     DIRECTIONS,
     OPTIONS_FILE,
     SAMPLERS,
@@ -37,6 +38,7 @@ from fasttricks.tune._space import (
     TrialSampler,
     check_space_keys,
     default_space_path,
+    grid_points,
     load_space,
     space_spec,
 )
@@ -59,6 +61,7 @@ __all__ = [
     "failure_summary",
     "prepare_study",
     "resolve_metric",
+    "retrain_best",
     "run_study",
     "run_trials",
     "tune",
@@ -68,6 +71,7 @@ _log = logging.getLogger(__name__)
 
 EPOCHS_ATTR = "epochs"
 ERROR_ATTR = "error"
+TIE_ATTR = "valid_loss"  # the last epoch's validation loss: breaks ties of the metric
 SURPLUS_ATTR = "surplus"
 
 
@@ -195,7 +199,10 @@ def make_objective(recipe: Mapping[str, Any], space: Mapping[str, Param], metric
 
     A trial's recipe is made in one ``load_recipe(recipe, overrides)`` call
     (:class:`~fasttricks.tune._space.TrialSampler`). A final value that is NaN or infinite
-    raises :class:`TrialDiverged` (the trial fails and counts toward ``max_failures``).
+    raises :class:`TrialDiverged` (the trial fails and counts toward ``max_failures``). The
+    last epoch's ``valid_loss`` is kept as the trial's user attribute ``valid_loss``: trials
+    that tie on the metric (validation accuracy saturates at 1.0 on small data) are ranked by
+    it (:func:`fasttricks.tune.ranked_trials`).
     """
     from fasttricks._io import quiet_fit
     from fasttricks.recipes import build_learner, fit_learner
@@ -215,6 +222,7 @@ def make_objective(recipe: Mapping[str, Any], space: Mapping[str, Param], metric
                 fit_learner(learn, trial_recipe, cbs=[pruning])
         finally:
             trial.set_user_attr(EPOCHS_ATTR, pruning.step)
+        _record_valid_loss(trial, learn)
         pruning.raise_if_pruned()
         if not pruning.values:
             raise optuna.TrialPruned("the fit ended before the first epoch")
@@ -224,6 +232,13 @@ def make_objective(recipe: Mapping[str, Any], space: Mapping[str, Param], metric
         return value
 
     return objective
+
+
+def _record_valid_loss(trial: Any, learn: Any) -> None:
+    values = learn.recorder.values
+    if values and len(values[-1]) > 1 and values[-1][1] is not None:
+        loss = float(values[-1][1])
+        trial.set_user_attr(TIE_ATTR, loss if math.isfinite(loss) else None)
 
 
 def _check_not_surplus(trial: Any, n_trials: int) -> None:
@@ -271,6 +286,7 @@ class PreparedStudy(NamedTuple):
     study: Any
     recipe: Any
     space: dict[str, Param]
+    trial_recipe: Any
     metric: str
     options: TuneOptions
     pruner: PrunerPlan
@@ -284,10 +300,11 @@ def _study_name(recipe: Mapping[str, Any], options: TuneOptions) -> str:
 
 
 def _open_study(name: str, recipe: Mapping[str, Any], metric: str, direction: str,
-                options: TuneOptions, pruner: PrunerPlan) -> Any:
+                options: TuneOptions, pruner: PrunerPlan,
+                grid: list[dict[str, Any]] | None = None) -> Any:
     import optuna
 
-    from fasttricks.tune._sampler import SeededSampler, sampler_seed
+    from fasttricks.tune._sampler import GridPointSampler, SeededSampler, sampler_seed
 
     workers = 1 if options.worker is not None else options.workers
     store = make_storage(options.storage, name, workers=workers, heartbeat=options.heartbeat,
@@ -298,7 +315,10 @@ def _open_study(name: str, recipe: Mapping[str, Any], metric: str, direction: st
     finished = count_trials(study)["finished"]
     seed = None if options.seed is None else sampler_seed(
         options.seed, name, options.worker or 0, finished)
-    study.sampler = SeededSampler(options.sampler, seed, options.n_trials)
+    if grid is not None:
+        study.sampler = GridPointSampler(grid, seed)
+    else:
+        study.sampler = SeededSampler(options.sampler, seed, options.n_trials)
     return study
 
 
@@ -365,10 +385,14 @@ def prepare_study(
     resolved = load_recipe(recipe)
     parsed_space = _load_space(space, recipe)
     check_space_keys(parsed_space, resolved)
+    trial_recipe = (resolved if options.subset is None
+                    else load_recipe(resolved, {"data.subset": options.subset}))
     metric, direction = resolve_metric(resolved, options.metric, options.direction)
+    grid = grid_points(trial_recipe, parsed_space) if options.sampler == "grid" else None
+    options = options.replace(n_trials=_n_trials(options.n_trials, grid))
     pruner = plan_pruner(options.pruner, resolved, n_trials=options.n_trials)
     name = _study_name(resolved, options)
-    study = _open_study(name, resolved, metric, direction, options, pruner)
+    study = _open_study(name, resolved, metric, direction, options, pruner, grid)
     _check_same_study(study, metric, direction, parsed_space)
     out = Path(options.out_dir) if options.out_dir is not None else Path(options.root) / name
     options = options.replace(study_name=name, metric=metric, direction=direction)
@@ -377,7 +401,18 @@ def prepare_study(
         options = options.replace(first_trial=first, launcher_pid=os.getpid())
         options = _write_study_folder(out, resolved, parsed_space, options)
     first = options.first_trial if options.first_trial is not None else 0
-    return PreparedStudy(study, resolved, parsed_space, metric, options, pruner, out, first)
+    return PreparedStudy(study, resolved, parsed_space, trial_recipe, metric, options, pruner,
+                         out, first)
+
+
+def _n_trials(n_trials: int | None, grid: list[dict[str, Any]] | None) -> int:
+    """The trial budget: as given, else the grid's size (grid search) or 20."""
+    if grid is None:
+        return DEFAULT_N_TRIALS if n_trials is None else n_trials
+    if n_trials is not None and n_trials > len(grid):
+        raise ValueError(f"n_trials={n_trials} is more than the grid's {len(grid)} points; "
+                         "leave it out to run every point once")
+    return len(grid) if n_trials is None else n_trials
 
 
 def run_trials(study: Any, objective: Any, n_trials: int, timeout: float | None = None,
@@ -437,14 +472,17 @@ def _trial_callbacks(prepared: PreparedStudy) -> list[Any]:
     if options.mlflow is not None:
         from fasttricks.tune._mlflow import MLflowLogger
 
-        callbacks.append(MLflowLogger(options.mlflow, prepared.study.study_name,
-                                      prepared.metric))
+        from fasttricks.tune._results import trial_recipe
+
+        callbacks.append(MLflowLogger(
+            options.mlflow, prepared.study.study_name, prepared.metric,
+            recipe_for=lambda trial: trial_recipe(trial, prepared.trial_recipe, prepared.space)))
     return callbacks
 
 
 def _run_here(prepared: PreparedStudy) -> None:
     options = prepared.options
-    objective = make_objective(prepared.recipe, prepared.space, prepared.metric)
+    objective = make_objective(prepared.trial_recipe, prepared.space, prepared.metric)
     threads = options.threads if options.threads is not None else default_threads(1)
     with _torch_threads(threads):
         run_trials(prepared.study, objective, options.n_trials, options.timeout,
@@ -489,11 +527,53 @@ def _should_write_results(prepared: PreparedStudy) -> bool:
     return _launcher_gone(options) and count_trials(prepared.study)["running"] == 0
 
 
+def retrain_best(prepared: PreparedStudy) -> dict[str, dict[str, Any]]:
+    """Retrain the best ``retrain_top`` trials on all the training data.
+
+    Each trial's recipe (the study's recipe, without the subset, with the trial's values) is
+    trained with :func:`fasttricks.recipes.run_recipe` into ``<out>/retrained/trial_<n>/`` (a
+    run folder). Its last-epoch metric is recorded beside the trial's subset value in the
+    study's user attribute ``retrained``, so a re-run skips trials already retrained and
+    ``--report`` shows the correlation again. Returns that record.
+    """
+    from fasttricks.recipes import run_recipe
+    from fasttricks.runs import write_run
+    from fasttricks.tune._results import RETRAINED_ATTR, ranked_trials, trial_recipe
+
+    study, options = prepared.study, prepared.options
+    done: dict[str, dict[str, Any]] = dict(study.user_attrs.get(RETRAINED_ATTR) or {})
+    threads = options.threads if options.threads is not None else default_threads(1)
+    for trial in ranked_trials(study)[: options.retrain_top]:
+        if str(trial.number) in done:
+            continue
+        recipe = trial_recipe(trial, prepared.recipe, prepared.space)
+        with _torch_threads(threads):
+            result = run_recipe(recipe, progress=False)
+        run_dir = write_run(result, prepared.out_dir / "retrained" / f"trial_{trial.number}")
+        column = result.history[prepared.metric] if prepared.metric in result.history else None
+        full = float(column.iloc[-1]) if column is not None and len(column) else math.nan
+        done[str(trial.number)] = {"subset": float(trial.value), "full": full,
+                                   "fraction": options.subset, "run": str(run_dir)}
+        study.set_user_attr(RETRAINED_ATTR, done)
+        if options.mlflow is not None:
+            from fasttricks.tune._mlflow import log_run_folder
+
+            log_run_folder(options.mlflow, study.study_name, run_dir,
+                           run_name=f"trial-{trial.number}-full")
+        if options.progress:
+            print(f"retrained trial {trial.number} on all the training data: "
+                  f"{prepared.metric}={full:.4f} (on the {options.subset:g} subset: "
+                  f"{trial.value:.4f}) -> {run_dir}", flush=True)
+    return done
+
+
 def _finish(prepared: PreparedStudy, summary: bool) -> None:
     from fasttricks.tune._results import write_results
 
     if not _should_write_results(prepared):
         return
+    if summary and prepared.options.retrains and count_trials(prepared.study)["finished"]:
+        retrain_best(prepared)
     written = write_results(prepared.study, prepared.recipe, prepared.out_dir, prepared.space)
     if summary and prepared.options.progress and prepared.options.worker is None:
         print_summary(prepared.study, prepared.metric, written)
@@ -560,15 +640,27 @@ def tune(
 
 
 def print_summary(study: Any, metric: str, written: Mapping[str, Path]) -> None:
-    """The closing lines: trials finished, pruned and failed, the best trial, the files."""
+    """The closing lines: trials finished, pruned and failed, the best trial (and how a tie
+    was broken), subset vs full results of retrained trials, the files."""
     from optuna.trial import TrialState
+
+    from fasttricks.tune._results import best_trial, retrained_table, subset_correlation, tie_note
 
     counts = count_trials(study)
     pruned = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
     print(f"done: {counts['finished']} trials finished ({pruned} pruned), "
           f"{counts['failed']} failed", flush=True)
     if "best" in written:
-        best = study.best_trial
+        best = best_trial(study)
         print(f"best trial {best.number}: {metric}={best.value:.4f} {best.params}", flush=True)
+        note = tie_note(study)
+        if note:
+            print(f"ties: {note}", flush=True)
+    retrained = retrained_table(study)
+    if len(retrained):
+        for row in retrained.itertuples():
+            print(f"trial {row.trial}: {metric}={row.subset:.4f} on the subset, "
+                  f"{row.full:.4f} retrained on all the data", flush=True)
+        print(subset_correlation(retrained)[1], flush=True)
     print(f"results in {Path(next(iter(written.values()))).parent}/: "
           f"{', '.join(p.name for p in written.values())}", flush=True)
