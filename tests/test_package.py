@@ -85,11 +85,29 @@ def test_every_registry_is_the_shared_registry_class():
             registry.view[name] = None  # read-only view
 
 
+def _walk_imports(tree):
+    """Every node of ``tree`` except those under ``if __name__ == "__main__":`` (a script's entry
+    point never runs on import, so it cannot close an import cycle)."""
+    import ast
+
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            is_main_guard = (isinstance(child, ast.If) and isinstance(child.test, ast.Compare)
+                             and isinstance(child.test.left, ast.Name)
+                             and child.test.left.id == "__name__")
+            if not is_main_guard:
+                stack.append(child)
+
+
 def _module_graph() -> dict[str, set[str]]:
     """Static import graph of the package: module -> the fasttricks modules its source imports.
 
     An import of a module's own parent package (``fasttricks.tune`` from ``fasttricks.tune._cli``)
-    is left out: a package's ``__init__`` only re-exports its submodules.
+    is left out: a package's ``__init__`` only re-exports its submodules; so are imports under a
+    ``__main__`` guard.
     """
     import ast
     from pathlib import Path
@@ -107,7 +125,7 @@ def _module_graph() -> dict[str, set[str]]:
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         targets = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _walk_imports(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
