@@ -258,30 +258,46 @@ def _offline() -> bool:
                for k in _OFFLINE_ENV)
 
 
-def _reachable(url: str, timeout: float = _PROBE_TIMEOUT_S) -> str | None:
-    """None if a TCP connection to ``url``'s host opens within ``timeout`` seconds, else why not.
+def _weights_urls(cfg: Any) -> list[str]:
+    """Where timm would download a pretrained config's weights from (first choice first)."""
+    if getattr(cfg, "hf_hub_id", None):
+        from huggingface_hub import hf_hub_url
 
-    The probe runs in a daemon thread, so a resolver that hangs cannot hold the caller longer.
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = ([cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None)
+                 else ["model.safetensors", "pytorch_model.bin"])
+        return [hf_hub_url(repo, name, revision=revision or None) for name in names]
+    return [cfg.url] if getattr(cfg, "url", None) else []
+
+
+def _reachable(urls: Sequence[str], timeout: float | None = None) -> str | None:
+    """None if an HTTP HEAD of one of ``urls`` succeeds within ``timeout`` seconds, else why not.
+
+    The probe runs in a daemon thread, so a resolver or a server that hangs cannot hold the
+    caller longer; a proxy answering 404 counts as unreachable.
     """
-    import socket
     import threading
-    from urllib.parse import urlparse
+    import urllib.request
 
-    parsed = urlparse(url)
-    host, port = parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+    timeout = _PROBE_TIMEOUT_S if timeout is None else timeout
     outcome: list[str | None] = []
 
     def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(None)
-        except OSError as err:
-            outcome.append(f"cannot reach {host}: {err}")
+        reasons = []
+        for url in urls:
+            try:
+                request = urllib.request.Request(url, method="HEAD")
+                with urllib.request.urlopen(request, timeout=timeout):
+                    outcome.append(None)
+                    return
+            except Exception as err:  # URLError, HTTPError, timeouts, bad proxies
+                reasons.append(f"{url}: {err}")
+        outcome.append("; ".join(reasons) or "no download address")
 
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
-    thread.join(timeout + 0.5)
-    return outcome[0] if outcome else f"no answer from {host} within {timeout:g} s"
+    thread.join(timeout * max(len(urls), 1) + 0.5)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
 
 
 def _cached_pretrained_file(cfg: Any) -> str | None:
@@ -324,11 +340,7 @@ def _pretrained_overlay(name: str) -> dict[str, Any]:
         return {"file": cached}
     if _offline():
         raise _unavailable(name, "HF_HUB_OFFLINE is set and they are not in the local cache")
-    if cfg.hf_hub_id:
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    else:
-        endpoint = cfg.url
-    reason = _reachable(endpoint)
+    reason = _reachable(_weights_urls(cfg))
     if reason is not None:
         raise _unavailable(name, reason)
     return {}
