@@ -251,7 +251,7 @@ def fit_sgdr(
     Cycle ``i`` lasts ``cycle_len * cycle_mult**i`` epochs; within it the learning rate of each
     parameter group follows ``lr_max * (1 + cos(pi * t)) / 2`` for ``t`` going from 0 to 1 over
     the cycle's steps, then restarts at ``lr_max``. Unlike fastai's, ``cycle_mult=1`` (equal
-    cycles) works and the cycle fractions always add up to one.
+    cycles) works, and a restart lands exactly on the first step of its cycle.
 
     Args:
         learn: the learner.
@@ -263,7 +263,7 @@ def fit_sgdr(
         epochs: stop after this many epochs of the schedule (default: all of it,
             :func:`sgdr_epochs`).
     """
-    from fastai.callback.schedule import ParamScheduler, SchedCos, combine_scheds
+    from fastai.callback.schedule import ParamScheduler
 
     total = sgdr_epochs(n_cycles, cycle_len, cycle_mult)
     if epochs is not None and not (isinstance(epochs, int) and 1 <= epochs <= total):
@@ -273,8 +273,15 @@ def fit_sgdr(
         learn.create_opt()
     learn.opt.set_hyper("lr", learn.lr if lr is None else lr)
     lr_max = np.array([h["lr"] for h in learn.opt.hypers])
-    pcts = [cycle_len * cycle_mult ** i / total for i in range(n_cycles)]
-    pcts[-1] = 1.0 - sum(pcts[:-1])  # fastai asserts the fractions sum to exactly one
-    sched = combine_scheds(pcts, [SchedCos(lr_max, 0) for _ in range(n_cycles)])
+    # cycle boundaries as fractions of training, in float64: fastai's float32 cumsum puts a
+    # restart one step late when a boundary falls exactly on a step
+    ends = np.cumsum([cycle_len * cycle_mult ** i for i in range(n_cycles)])
+    bounds = np.concatenate([[0.0], ends / total])
+
+    def sched(pos: float) -> np.ndarray:
+        i = min(int(np.searchsorted(bounds, pos, side="right")) - 1, n_cycles - 1)
+        t = (pos - bounds[i]) / (bounds[i + 1] - bounds[i])
+        return lr_max * (1 + math.cos(math.pi * t)) / 2
+
     extra = [_StopAfter(epochs)] if epochs is not None and epochs < total else []
     learn.fit(total, cbs=[ParamScheduler({"lr": sched}), *extra, *cbs])
