@@ -285,8 +285,10 @@ def test_bf16_on_the_cpu_autocasts_the_forward_pass_and_trains():
 def test_every_training_key_can_be_sampled_from_a_search_space(key, spec):
     import optuna
 
+    fit = {"n_cycles": "sgdr", "cycle_mult": "sgdr", "freeze_epochs": "fine_tune"}
     base = tiny_recipe(callbacks=[{"name": "early_stopping"}, {"name": "grad_accum"},
-                                  {"name": "grad_clip"}])
+                                  {"name": "grad_clip"}],
+                       **{"schedule.fit": fit.get(key.split(".")[-1], "flat_cos")})
     param: Param = load_space({key: spec})[key]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(6):

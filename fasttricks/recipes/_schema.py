@@ -270,6 +270,8 @@ _PCT_START = {"flat_cos": 0.75, "one_cycle": 0.25, "sgdr": 0.75, "fine_tune": 0.
 # integer schedule keys of sgdr and staged fine-tuning: (default, least value)
 _SCHEDULE_INTS = {"n_cycles": (3, 1), "cycle_len": (1, 1), "cycle_mult": (2, 1),
                   "freeze_epochs": (1, 0), "freeze_to_epochs": (1, 0)}
+_FIT_KEYS = {"flat_cos": (), "one_cycle": (), "sgdr": ("n_cycles", "cycle_len", "cycle_mult"),
+             "fine_tune": ("freeze_epochs", "freeze_to_epochs")}
 _FP16 = ("auto", True, False, "bf16")
 
 
@@ -511,10 +513,11 @@ def _validate_schedule(raw: Mapping[str, Any]) -> dict:
     _check_positive("schedule.div_final", out["div_final"])
     for key, (default, least) in _SCHEDULE_INTS.items():
         value = sched.get(key)
-        out[key] = default if value is None else _as_int(f"schedule.{key}", value)
-        if out[key] < least:
-            raise RecipeError(f"recipe key 'schedule.{key}' must be >= {least}, got "
-                              f"{out[key]!r}")
+        value = default if value is None else _as_int(f"schedule.{key}", value)
+        if value < least:
+            raise RecipeError(f"recipe key 'schedule.{key}' must be >= {least}, got {value!r}")
+        if key in _FIT_KEYS[fit]:  # checked always, kept where the fit uses it
+            out[key] = value
     if fit == "sgdr":  # the cycles set the length
         from fasttricks.lr import sgdr_epochs
 
