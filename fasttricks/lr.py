@@ -8,6 +8,10 @@
   frozen at ``lr``; ``freeze_to(-2)`` and fit at ``lr / 2``; ``unfreeze`` and fit with
   discriminative learning rates ``slice(lr / 100, lr / 2)`` (Howard & Ruder, "Universal Language
   Model Fine-tuning for Text Classification" (2018), https://arxiv.org/abs/1801.06146).
+  :func:`stage_epochs` splits a total epoch budget into those three stages.
+- :func:`fit_sgdr` is cosine annealing with warm restarts (Loshchilov & Hutter, "SGDR:
+  Stochastic Gradient Descent with Warm Restarts" (2017), https://arxiv.org/abs/1608.03983),
+  fastai's ``fit_sgdr`` schedule, also for ``cycle_mult=1``; :func:`sgdr_epochs` its length.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import fastai.callback.schedule  # noqa: F401  (patches Learner.lr_find / fit_flat_cos)
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner
 
 from fasttricks._validate import check_choice, check_range
 
-__all__ = ["LRRange", "fine_tune_staged", "suggest_lr"]
+__all__ = ["LRRange", "fine_tune_staged", "fit_sgdr", "sgdr_epochs", "stage_epochs",
+           "suggest_lr"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +128,7 @@ class _StageRecorder(Callback):
         self._first = False
         opt = self.learn.opt
         self.stages.append({
-            "lrs": [h["lr"] for h in opt.hypers],
+            "lrs": [float(h["lr"]) for h in opt.hypers],
             # weights (ndim > 1) only: fastai keeps norm layers trainable in frozen groups
             "trainable": [any(p.requires_grad for p in pg if p.ndim > 1)
                           for pg in opt.param_lists],
@@ -181,3 +187,101 @@ def fine_tune_staged(
         records.append({"stage": name, "epochs": int(n), "lr": stage_lr, **seen})
         logger.info("stage %s: %d epoch(s), lr %s", name, n, stage_lr)
     return records
+
+
+def stage_epochs(epochs: int, freeze_epochs: int = 1, freeze_to_epochs: int = 1
+                 ) -> tuple[int, int, int]:
+    """Split ``epochs`` into :func:`fine_tune_staged`'s three stages, in order.
+
+    The frozen stage takes ``min(freeze_epochs, epochs)``, the ``freeze_to(-2)`` stage up to
+    ``freeze_to_epochs`` of what is left, the unfrozen stage the rest; so the stages always add
+    up to ``epochs`` and a shorter budget cuts the last stages first.
+
+    Example:
+        >>> stage_epochs(5), stage_epochs(1), stage_epochs(4, 2, 0)
+        ((1, 1, 3), (1, 0, 0), (2, 0, 2))
+    """
+    for name, value in (("epochs", epochs), ("freeze_epochs", freeze_epochs),
+                        ("freeze_to_epochs", freeze_to_epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    frozen = min(freeze_epochs, epochs)
+    partial = min(freeze_to_epochs, epochs - frozen)
+    return frozen, partial, epochs - frozen - partial
+
+
+def sgdr_epochs(n_cycles: int, cycle_len: int = 1, cycle_mult: int = 2) -> int:
+    """Epochs of an SGDR schedule: ``cycle_len * (1 + cycle_mult + ... + cycle_mult**(n-1))``.
+
+    Example:
+        >>> sgdr_epochs(3, 1, 2), sgdr_epochs(3, 2, 1)
+        (7, 6)
+    """
+    for name, value in (("n_cycles", n_cycles), ("cycle_len", cycle_len),
+                        ("cycle_mult", cycle_mult)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return cycle_len * sum(cycle_mult ** i for i in range(n_cycles))
+
+
+class _StopAfter(Callback):
+    """Cancel the fit after ``n`` epochs (a shorter run of the same schedule)."""
+
+    order = 99
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def after_epoch(self) -> None:
+        if self.epoch + 1 >= self.n:
+            raise CancelFitException()
+
+
+def fit_sgdr(
+    learn: Learner,
+    n_cycles: int,
+    cycle_len: int = 1,
+    cycle_mult: int = 2,
+    lr: float | slice | None = None,
+    cbs: Sequence[Callback] = (),
+    epochs: int | None = None,
+) -> None:
+    """Fit with cosine annealing and warm restarts (SGDR), fastai's ``fit_sgdr`` schedule.
+
+    Cycle ``i`` lasts ``cycle_len * cycle_mult**i`` epochs; within it the learning rate of each
+    parameter group follows ``lr_max * (1 + cos(pi * t)) / 2`` for ``t`` going from 0 to 1 over
+    the cycle's steps, then restarts at ``lr_max``. Unlike fastai's, ``cycle_mult=1`` (equal
+    cycles) works, and a restart lands exactly on the first step of its cycle.
+
+    Args:
+        learn: the learner.
+        n_cycles: number of cycles (``n`` in the paper's restarts).
+        cycle_len: epochs of the first cycle (``T_0``; default 1).
+        cycle_mult: growth of each following cycle (``T_mult``; default 2).
+        lr: peak learning rate (default ``learn.lr``; a ``slice`` spreads it over the groups).
+        cbs: extra callbacks for this fit.
+        epochs: stop after this many epochs of the schedule (default: all of it,
+            :func:`sgdr_epochs`).
+    """
+    from fastai.callback.schedule import ParamScheduler
+
+    total = sgdr_epochs(n_cycles, cycle_len, cycle_mult)
+    if epochs is not None and not (isinstance(epochs, int) and 1 <= epochs <= total):
+        raise ValueError(f"epochs must be an integer in [1, {total}] (the schedule's length), "
+                         f"got {epochs!r}")
+    if learn.opt is None:
+        learn.create_opt()
+    learn.opt.set_hyper("lr", learn.lr if lr is None else lr)
+    lr_max = np.array([h["lr"] for h in learn.opt.hypers])
+    # cycle boundaries as fractions of training, in float64: fastai's float32 cumsum puts a
+    # restart one step late when a boundary falls exactly on a step
+    ends = np.cumsum([cycle_len * cycle_mult ** i for i in range(n_cycles)])
+    bounds = np.concatenate([[0.0], ends / total])
+
+    def sched(pos: float) -> np.ndarray:
+        i = min(int(np.searchsorted(bounds, pos, side="right")) - 1, n_cycles - 1)
+        t = (pos - bounds[i]) / (bounds[i + 1] - bounds[i])
+        return lr_max * (1 + math.cos(math.pi * t)) / 2
+
+    extra = [_StopAfter(epochs)] if epochs is not None and epochs < total else []
+    learn.fit(total, cbs=[ParamScheduler({"lr": sched}), *extra, *cbs])

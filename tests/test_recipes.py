@@ -519,11 +519,12 @@ def test_timm_model_from_a_recipe_trains_with_body_and_head_groups():
     learn.create_opt()
     head = {id(p) for p in learn.model.get_classifier().parameters()}
     groups = learn.opt.param_lists
-    assert len(groups) == 2
-    assert {id(p) for p in groups[1]} == head and not head & {id(p) for p in groups[0]}
+    assert len(groups) == 3  # early body, late body, head: freeze_to(-2) keeps the early body
+    assert {id(p) for p in groups[2]} == head
+    assert not head & {id(p) for g in groups[:2] for p in g}
     stages = fine_tune_staged(learn, 1e-3, epochs=(1, 0, 1))
-    assert stages[0]["trainable"] == [False, True]
-    np.testing.assert_allclose(stages[1]["lrs"], [1e-5, 5e-4])
+    assert stages[0]["trainable"] == [False, False, True]
+    np.testing.assert_allclose(stages[1]["lrs"], [1e-5, math.sqrt(1e-5 * 5e-4), 5e-4])
     assert math.isfinite(evaluate(learn)["loss"])
 
 

@@ -1,4 +1,5 @@
-"""Training callbacks for fastai learners: SAM, batch loss filter, save-best, EMA, NaN guard.
+"""Training callbacks for fastai learners: SAM, batch loss filter, save-best, EMA, NaN guard,
+early stopping, gradient accumulation and gradient clipping.
 
 Each callback lives in its own module; recipes pick them by name with :func:`get_callback`.
 """
@@ -11,7 +12,10 @@ from typing import Any
 from fastai.callback.core import Callback
 
 from fasttricks._validate import did_you_mean
+from fasttricks.callbacks.early_stopping import EarlyStoppingCallback
 from fasttricks.callbacks.ema import EMACallback, ema_decay
+from fasttricks.callbacks.grad_accum import GradientAccumulationCallback
+from fasttricks.callbacks.grad_clip import GradientClipCallback
 from fasttricks.callbacks.loss_filter import BatchLossFilterCallback, loss_filter_mask
 from fasttricks.callbacks.nan_guard import NaNGuardCallback, NonFiniteLossError
 from fasttricks.callbacks.sam import SAMCallback, sam_perturbation
@@ -22,6 +26,9 @@ __all__ = [
     "CALLBACKS",
     "BatchLossFilterCallback",
     "EMACallback",
+    "EarlyStoppingCallback",
+    "GradientAccumulationCallback",
+    "GradientClipCallback",
     "NaNGuardCallback",
     "NonFiniteLossError",
     "SAMCallback",
@@ -48,7 +55,9 @@ def register_callback(name: str, cls: type[Callback], *, overwrite: bool = False
 
 for _name, _cls in (("sam", SAMCallback), ("loss_filter", BatchLossFilterCallback),
                     ("save_best", SaveBestCallback), ("ema", EMACallback),
-                    ("nan_guard", NaNGuardCallback)):
+                    ("nan_guard", NaNGuardCallback), ("early_stopping", EarlyStoppingCallback),
+                    ("grad_accum", GradientAccumulationCallback),
+                    ("grad_clip", GradientClipCallback)):
     register_callback(_name, _cls)
 
 
@@ -76,7 +85,8 @@ def callback_options(name: str) -> dict[str, inspect.Parameter]:
 def get_callback(name: str, **kwargs: Any) -> Callback:
     """Build the callback registered as ``name`` (lower-cased) with ``kwargs``.
 
-    Names: ``sam``, ``loss_filter``, ``save_best``, ``ema``, ``nan_guard``. An unknown name raises
+    Names: ``sam``, ``loss_filter``, ``save_best``, ``ema``, ``nan_guard``, ``early_stopping``,
+    ``grad_accum``, ``grad_clip``. An unknown name raises
     a ``KeyError`` listing the known ones and the closest match; an argument the callback does not
     take raises ``TypeError`` listing the ones it does.
 

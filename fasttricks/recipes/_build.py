@@ -113,25 +113,54 @@ class _ChannelsLastInput(Callback):
         self.learn.xb = xb
 
 
-def _timm_splitter(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
-    """Two parameter groups for a timm model: the body, then the classifier head."""
-    head = {id(p) for p in model.get_classifier().parameters()}
-    body = [p for p in model.parameters() if id(p) not in head]
-    return [body, list(model.get_classifier().parameters())]
+class _CPUBFloat16(Callback):
+    """bfloat16 autocast for the forward pass and loss on the CPU (fastai's ``MixedPrecision``
+    autocasts on CUDA only); bfloat16 has float32's range, so no gradient scaling is needed."""
+
+    order = 10  # where MixedPrecision runs
+
+    def before_batch(self) -> None:
+        self._autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        self._autocast.__enter__()
+
+    def after_pred(self) -> None:
+        from fastai.torch_core import to_float
+
+        self.learn.pred = to_float(self.learn.pred)
+
+    def after_loss(self) -> None:
+        self._autocast.__exit__(None, None, None)
 
 
 def _has_conv2d(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
-def _use_fp16(recipe: Mapping[str, Any]) -> bool:
+def _precision(recipe: Mapping[str, Any]) -> str:
+    """``"fp16"``, ``"bf16"``, ``"cpu_bf16"`` or ``"fp32"`` for the recipe's ``fp16`` on this
+    machine: ``auto`` is fp16 on CUDA; ``true`` on the CPU warns and trains in float32;
+    ``bf16`` autocasts to bfloat16 on CUDA (when the GPU supports it) and on the CPU."""
     flag = recipe["fp16"]
+    cuda = torch.cuda.is_available()
+    if flag == "bf16":
+        if cuda:
+            if not torch.cuda.is_bf16_supported():
+                raise RecipeError("recipe key 'fp16': this GPU does not support bfloat16; use "
+                                  "fp16: true (float16 with gradient scaling)")
+            return "bf16"
+        from torch.amp.autocast_mode import is_autocast_available
+
+        if not is_autocast_available("cpu"):
+            raise RecipeError("recipe key 'fp16': bf16 needs CUDA or a torch with CPU "
+                              "autocast; use fp16: false on this machine")
+        return "cpu_bf16"
     if flag == "auto":
-        return torch.cuda.is_available()
-    if flag and not torch.cuda.is_available():
-        logger.warning("fp16: true needs a CUDA GPU; training in float32 on the CPU")
-        return False
-    return bool(flag)
+        return "fp16" if cuda else "fp32"
+    if flag and not cuda:
+        logger.warning("fp16: true needs a CUDA GPU; training in float32 on the CPU "
+                       "(fp16: bf16 autocasts to bfloat16 on the CPU)")
+        return "fp32"
+    return "fp16" if flag else "fp32"
 
 
 def _use_channels_last(recipe: Mapping[str, Any], model: torch.nn.Module) -> bool:
@@ -250,8 +279,11 @@ def build_learner(
     (:func:`fasttricks.losses.get_loss` with the training labels), the optimizer function
     (:func:`fasttricks.optim.get_optimizer`, once), metrics (:mod:`fasttricks.metrics`) and
     callbacks, sets ``learn.lr`` (:func:`set_learning_rate`), then applies ``fp16``
-    (``auto``: ``learn.to_fp16()`` when CUDA is present) and ``channels_last`` (``auto``: on
-    for 2-D conv nets on CUDA). ``learn.recipe`` holds the :class:`~fasttricks.recipes.Recipe`.
+    (``auto``: ``learn.to_fp16()`` when CUDA is present; ``bf16``: ``learn.to_bf16()`` on CUDA,
+    bfloat16 autocast on the CPU) and ``channels_last`` (``auto``: on for 2-D conv nets on
+    CUDA). A timm model gets :func:`fasttricks.models.timm_splitter`'s three parameter groups
+    (early body, late body, head) for staged unfreezing. ``learn.recipe`` holds the
+    :class:`~fasttricks.recipes.Recipe`.
 
     A loss or callback option out of range raises :class:`~fasttricks.recipes.RecipeError`
     naming the recipe key.
@@ -280,14 +312,21 @@ def build_learner(
         callbacks.append(DDPCallback())
     extra_kwargs = {}
     if name.startswith("timm:"):
-        extra_kwargs["splitter"] = _timm_splitter
+        from fasttricks.models import timm_splitter
+
+        extra_kwargs["splitter"] = timm_splitter
     learn = Learner(dls, model, loss_func=loss, opt_func=_opt_func(recipe["optimizer"]),
                     metrics=metrics, cbs=callbacks, **extra_kwargs)
     set_learning_rate(learn, recipe)
     if _use_channels_last(recipe, model):
         learn.model = learn.model.to(memory_format=torch.channels_last)
         learn.add_cb(_ChannelsLastInput())
-    if _use_fp16(recipe):
+    precision = _precision(recipe)
+    if precision == "fp16":
         learn.to_fp16()
+    elif precision == "bf16":
+        learn.to_bf16()
+    elif precision == "cpu_bf16":
+        learn.add_cb(_CPUBFloat16())
     learn.recipe = recipe
     return learn

@@ -50,7 +50,17 @@ def fit_learner(
     cbs: Sequence[Callback] = (),
     epochs: int | None = None,
 ) -> None:
-    """Fit ``learn`` with the recipe's schedule: ``fit_flat_cos`` (default) or ``fit_one_cycle``.
+    """Fit ``learn`` with the recipe's schedule (``schedule.fit``).
+
+    - ``flat_cos`` (default): ``fit_flat_cos``; ``one_cycle``: ``fit_one_cycle``;
+    - ``sgdr``: :func:`fasttricks.lr.fit_sgdr` with ``n_cycles``, ``cycle_len``,
+      ``cycle_mult`` (an ``epochs`` below the schedule's length stops it early);
+    - ``fine_tune``: :func:`fasttricks.lr.fine_tune_staged` over ``epochs`` split by
+      :func:`fasttricks.lr.stage_epochs` (``freeze_epochs`` frozen at ``lr``,
+      ``freeze_to_epochs`` at ``freeze_to(-2)`` and ``lr / 2``, the rest unfrozen at
+      ``slice(lr / 100, lr / 2)``), each stage a ``fit_flat_cos``; afterwards
+      ``learn.recorder.values`` holds every stage's epochs and ``learn.fine_tune_stages`` the
+      stage records.
 
     The seed is re-applied first, so a fit is reproducible whatever ran before it. The learning
     rate is the recipe's (``learn.lr``, see :func:`~fasttricks.recipes.set_learning_rate`).
@@ -71,12 +81,46 @@ def fit_learner(
     if n_epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs!r}")
     seed_everything(recipe["seed"])
-    if sched["fit"] == "flat_cos":
+    fit = sched["fit"]
+    if fit == "flat_cos":
         learn.fit_flat_cos(n_epochs, div_final=sched["div_final"],
                            pct_start=sched["pct_start"], cbs=list(cbs))
-    else:
+    elif fit == "one_cycle":
         learn.fit_one_cycle(n_epochs, div=sched["div"], div_final=sched["div_final"],
                             pct_start=sched["pct_start"], cbs=list(cbs))
+    elif fit == "sgdr":
+        from fasttricks.lr import fit_sgdr
+
+        fit_sgdr(learn, sched["n_cycles"], sched["cycle_len"], sched["cycle_mult"],
+                 cbs=list(cbs), epochs=n_epochs)
+    else:
+        _fine_tune(learn, sched, n_epochs, cbs)
+
+
+class _EveryEpoch(Callback):
+    """Keep each epoch's recorder row across several fits (the stages of a fine-tune)."""
+
+    order = 51  # right after the Recorder (50) has written the row
+
+    def __init__(self) -> None:
+        self.rows: list = []
+
+    def after_epoch(self) -> None:
+        self.rows.append(list(self.learn.recorder.values[-1]))
+
+
+def _fine_tune(learn: Learner, sched: Mapping[str, Any], n_epochs: int,
+               cbs: Sequence[Callback]) -> None:
+    from fastcore.foundation import L
+
+    from fasttricks.lr import fine_tune_staged, stage_epochs
+
+    stages = stage_epochs(n_epochs, sched["freeze_epochs"], sched["freeze_to_epochs"])
+    rows = _EveryEpoch()
+    learn.fine_tune_stages = fine_tune_staged(
+        learn, float(learn.lr), epochs=stages, fit="flat_cos", pct_start=sched["pct_start"],
+        div_final=sched["div_final"], cbs=[rows, *cbs])
+    learn.recorder.values = L(rows.rows)
 
 
 def evaluate(learn: Learner, ds_idx: int = 2) -> dict[str, float]:
@@ -115,7 +159,7 @@ class _EpochClock(Callback):
 
     order = 60
 
-    def before_fit(self) -> None:
+    def __init__(self) -> None:  # not per fit: a staged fine-tune runs several
         self.stamps: list[tuple[float, str]] = []
 
     def before_epoch(self) -> None:

@@ -9,10 +9,11 @@ A recipe names everything a training run needs::
     loss: {name: cross_entropy}             # + the loss's options (gamma, alpha, ...)
     optimizer: {name: ranger, lr: 3e-3, wd: 1e-2}
     schedule: {fit: flat_cos, epochs: 10, pct_start: 0.75, div_final: 1e5}
-    callbacks: [{name: ema, decay: 0.999}]
+                                            # fit: flat_cos | one_cycle | sgdr | fine_tune
+    callbacks: [{name: ema, decay: 0.999}]  # also early_stopping, grad_accum, grad_clip...
     metrics: [accuracy]
     seed: 0
-    fp16: auto                              # learn.to_fp16() when CUDA is present
+    fp16: auto                              # learn.to_fp16() when CUDA is present; or bf16
     channels_last: auto                     # channels-last memory format for GPU conv nets
     retrain_at_best: false
     distributed: auto                       # ddp: one model on several processes (torchrun);
@@ -24,6 +25,21 @@ itself, the allowed keys and the closest match; a value of the wrong type names 
 (``optimizer.lr``) and echoes the value. Nothing is constructed while validating. Numbers
 written ``1e-3`` (which YAML 1.1 reads as a string) are coerced wherever a number is expected.
 ``data.seed`` fixes the dataset's split and is independent of the training ``seed``.
+
+Training keys beyond the defaults:
+
+- ``model: {name: timm:<name>, pretrained: true}`` loads timm's hub weights (an unreachable hub
+  fails at once, naming the offline way); ``model.weights: path.safetensors`` (or ``.pth``)
+  loads a local file instead, re-creating the classifier for the recipe's classes.
+- ``schedule.fit: sgdr``: cosine annealing with warm restarts over ``n_cycles`` cycles of
+  ``cycle_len * cycle_mult**i`` epochs; ``epochs`` is then their sum (set from them).
+- ``schedule.fit: fine_tune``: :func:`fasttricks.lr.fine_tune_staged` over ``epochs`` in all:
+  ``freeze_epochs`` with the body frozen at ``lr``, ``freeze_to_epochs`` after
+  ``freeze_to(-2)`` at ``lr / 2``, the rest unfrozen at ``slice(lr / 100, lr / 2)``.
+- callbacks ``early_stopping`` (monitor, patience, min_delta), ``grad_accum`` (n_acc samples
+  per step), ``grad_clip`` (max_norm, norm_type).
+- ``fp16``: ``auto`` (fp16 mixed precision on CUDA), ``true``, ``false`` or ``bf16``
+  (bfloat16 autocast on CUDA, and on the CPU, where torch supports it).
 
 The result is a :class:`Recipe`: a read-only mapping (nested sections and lists are read-only
 too) that the builders trust without checking it again. Change one with :func:`set_in_recipe`
@@ -260,10 +276,17 @@ _DISTRIBUTED = ("auto", "none", "ddp")
 # data keys handled by the recipe itself; the rest are the dataset loader's arguments
 _DATA_KEYS = ("name", "bs", "valid_bs", "sampler", "weights", "oversample", "subset",
               "drop_class", "drop_fraction")
-_SCHEDULE_KEYS = ("fit", "epochs", "pct_start", "div", "div_final")
-_FITS = ("flat_cos", "one_cycle")
+_SCHEDULE_KEYS = ("fit", "epochs", "pct_start", "div", "div_final", "n_cycles", "cycle_len",
+                  "cycle_mult", "freeze_epochs", "freeze_to_epochs")
+_FITS = ("flat_cos", "one_cycle", "sgdr", "fine_tune")
 _SAMPLERS = ("random", "weighted")
-_PCT_START = {"flat_cos": 0.75, "one_cycle": 0.25}
+_PCT_START = {"flat_cos": 0.75, "one_cycle": 0.25, "sgdr": 0.75, "fine_tune": 0.75}
+# integer schedule keys of sgdr and staged fine-tuning: (default, least value)
+_SCHEDULE_INTS = {"n_cycles": (3, 1), "cycle_len": (1, 1), "cycle_mult": (2, 1),
+                  "freeze_epochs": (1, 0), "freeze_to_epochs": (1, 0)}
+_FIT_KEYS = {"flat_cos": (), "one_cycle": (), "sgdr": ("n_cycles", "cycle_len", "cycle_mult"),
+             "fine_tune": ("freeze_epochs", "freeze_to_epochs")}
+_FP16 = ("auto", True, False, "bf16")
 
 
 def _section(raw: Mapping[str, Any], name: str) -> dict:
@@ -373,10 +396,7 @@ def _validate_model(raw: Mapping[str, Any]) -> dict:
         raise _unknown_name("model.name", name, [*list_models(), "timm:<name>"])
     out: dict[str, Any] = {"name": name}
     if name.startswith("timm:"):
-        for key, value in model.items():
-            if key != "name":
-                out[key] = _loose(f"model.{key}", value)
-        return out
+        return _validate_timm_model(name, model)
     params = {k: p for k, p in inspect.signature(model_factory(name)).parameters.items()
               if k not in ("n_in", "n_out", "emb_szs")}
     for key, value in model.items():
@@ -385,6 +405,28 @@ def _validate_model(raw: Mapping[str, Any]) -> dict:
         if key not in params:
             raise _unknown_key("model", key, ["name", *params])
         out[key] = _like_default(f"model.{key}", value, params[key].default)
+    return out
+
+
+def _validate_timm_model(name: str, model: Mapping[str, Any]) -> dict:
+    """``timm:<name>``: a name timm knows, ``pretrained`` (bool), ``weights`` (a file path);
+    any other key goes to ``timm.create_model`` as it is."""
+    from fasttricks.models import check_timm_name
+
+    try:
+        check_timm_name(name[len("timm:"):])
+    except ChoiceError as err:
+        raise ChoiceError(f"recipe key 'model.name': {err}") from None
+    out: dict[str, Any] = {"name": name}
+    for key, value in model.items():
+        if key == "name":
+            continue
+        if key == "pretrained":
+            out[key] = _as_bool("model.pretrained", value)
+        elif key == "weights":
+            out[key] = None if value is None else _as_str("model.weights", value)
+        else:
+            out[key] = _loose(f"model.{key}", value)
     return out
 
 
@@ -509,7 +551,24 @@ def _validate_schedule(raw: Mapping[str, Any]) -> dict:
     out["div_final"] = _as_float("schedule.div_final", sched.get("div_final", 1e5))
     _check_positive("schedule.div", out["div"])
     _check_positive("schedule.div_final", out["div_final"])
+    for key, (default, least) in _SCHEDULE_INTS.items():
+        value = sched.get(key)
+        value = default if value is None else _as_int(f"schedule.{key}", value)
+        if value < least:
+            raise RecipeError(f"recipe key 'schedule.{key}' must be >= {least}, got {value!r}")
+        if key in _FIT_KEYS[fit]:  # checked always, kept where the fit uses it
+            out[key] = value
+    if fit == "sgdr":  # the cycles set the length
+        from fasttricks.lr import sgdr_epochs
+
+        out["epochs"] = sgdr_epochs(out["n_cycles"], out["cycle_len"], out["cycle_mult"])
     return out
+
+
+def _as_fp16(value: Any) -> bool | str:
+    if value in _FP16 and not (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise _type_error("fp16", value, "true, false or 'auto' (or 'bf16')")
 
 
 def _validate_callbacks(raw: Mapping[str, Any]) -> list[dict]:
@@ -530,8 +589,22 @@ def _validate_callbacks(raw: Mapping[str, Any]) -> list[dict]:
             raise _unknown_name(f"{path}.name", name, list_callbacks())
         item = {"name": name}
         item.update(_check_options(f"callbacks.{name}", entry, callback_options(name)))
+        _check_callback_values(name, item)
         out.append(item)
     return out
+
+
+def _check_callback_values(name: str, item: Mapping[str, Any]) -> None:
+    """A callback's own value checks (``patience >= 1``...), where it offers them."""
+    from fasttricks.callbacks import CALLBACKS
+
+    check = getattr(CALLBACKS.get(name), "validate_options", None)
+    if check is None:
+        return
+    try:
+        check(**{k: v for k, v in item.items() if k != "name"})
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"recipe key 'callbacks.{name}': {err}") from None
 
 
 def _validate_metrics(raw: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
@@ -569,7 +642,7 @@ def _validate(raw: Mapping[str, Any], default_name: str = "recipe") -> dict:
         "callbacks": _validate_callbacks(raw),
         "metrics": _validate_metrics(raw, data),
         "seed": _as_int("seed", raw.get("seed", 0)),
-        "fp16": _as_auto_bool("fp16", raw.get("fp16", "auto")),
+        "fp16": _as_fp16(raw.get("fp16", "auto")),
         "channels_last": _as_auto_bool("channels_last", raw.get("channels_last", "auto")),
         "retrain_at_best": _as_bool("retrain_at_best", raw.get("retrain_at_best", False)),
         "distributed": _as_distributed(raw.get("distributed", "auto")),
