@@ -1,6 +1,9 @@
 """Training callbacks for fastai learners: SAM, batch loss filter, save-best, EMA, NaN guard.
 
 Each callback lives in its own module; recipes pick them by name with :func:`get_callback`.
+fastai's own MixUp (Zhang et al., 2018, https://arxiv.org/abs/1710.09412; ``alpha`` of the
+Beta distribution, default 0.4) and CutMix (Yun et al., 2019, https://arxiv.org/abs/1905.04899;
+``alpha`` default 1.0) are registered as ``mixup`` and ``cutmix``.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import inspect
 from typing import Any
 
 from fastai.callback.core import Callback
+from fastai.callback.mixup import CutMix, MixUp
 
 from fasttricks._validate import did_you_mean
 from fasttricks.callbacks.ema import EMACallback, ema_decay
@@ -48,7 +52,7 @@ def register_callback(name: str, cls: type[Callback], *, overwrite: bool = False
 
 for _name, _cls in (("sam", SAMCallback), ("loss_filter", BatchLossFilterCallback),
                     ("save_best", SaveBestCallback), ("ema", EMACallback),
-                    ("nan_guard", NaNGuardCallback)):
+                    ("nan_guard", NaNGuardCallback), ("mixup", MixUp), ("cutmix", CutMix)):
     register_callback(_name, _cls)
 
 
@@ -76,7 +80,8 @@ def callback_options(name: str) -> dict[str, inspect.Parameter]:
 def get_callback(name: str, **kwargs: Any) -> Callback:
     """Build the callback registered as ``name`` (lower-cased) with ``kwargs``.
 
-    Names: ``sam``, ``loss_filter``, ``save_best``, ``ema``, ``nan_guard``. An unknown name raises
+    Names: ``sam``, ``loss_filter``, ``save_best``, ``ema``, ``nan_guard``, ``mixup``,
+    ``cutmix``. An unknown name raises
     a ``KeyError`` listing the known ones and the closest match; an argument the callback does not
     take raises ``TypeError`` listing the ones it does.
 
