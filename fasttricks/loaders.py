@@ -7,7 +7,8 @@ It still is a fastai ``DataLoader`` (``new``, ``one_batch``, shuffling, ``test_d
 ``learn.get_preds`` / ``learn.predict`` and ``dls.vocab`` all work).
 
 Image data use fastai's ``DataBlock`` with presizing and batch augmentation
-(:mod:`fasttricks.data.images`) and tabular data ``TabularPandas``; in every case ``dls[2]`` is the unshuffled test loader.
+(:mod:`fasttricks.data.images`) and tabular data ``TabularPandas``; in every case ``dls[2]``
+is the unshuffled test loader.
 """
 
 from __future__ import annotations

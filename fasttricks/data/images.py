@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import random
+import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -87,7 +88,7 @@ def resolve_num_workers(value: int | str = "auto") -> int:
         if value < 0:
             raise ValueError(f"num_workers must be 'auto' or an integer >= 0, got {value!r}")
         return value
-    if multiprocessing.current_process().daemon or os.sys.platform == "darwin":
+    if multiprocessing.current_process().daemon or sys.platform == "darwin":
         return 0
     try:
         cores = len(os.sched_getaffinity(0))

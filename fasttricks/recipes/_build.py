@@ -215,7 +215,8 @@ def build_dataloaders(
 
         splits = check_image_splits(splits, data.get("check_images", "auto"),
                                     data.get("bad_images", "error"))
-        image = {"presize": data.get("presize"), "augment": recipe_to_dict(data.get("augment") or False),
+        image = {"presize": data.get("presize"),
+                 "augment": recipe_to_dict(data.get("augment") or False),
                  "stats": normalization_stats(recipe_to_dict(data.get("normalize", "auto")),
                                               recipe["model"]["name"])}
     dls = splits_dataloaders(splits, bs=data["bs"], valid_bs=data["valid_bs"],
