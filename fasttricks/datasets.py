@@ -42,6 +42,8 @@ __all__ = [
     "Split",
     "dataset_parameters",
     "digits",
+    "dataset_kind",
+    "image_csv",
     "image_folder",
     "list_datasets",
     "load_dataset",
@@ -113,6 +115,8 @@ class DataSplits:
         kind: ``"array"`` (built-in NumPy data), ``"image"`` (paths) or ``"tabular"`` (DataFrame).
         info: loader-specific extras (e.g. ``cat_names``/``cont_names`` for tabular data,
             ``size`` for images).
+        unlabelled: items without labels to predict (a competition's test folder or CSV), or
+            None. Image data: a list of paths; ``dls.unlabelled`` is their loader.
     """
 
     train: Split
@@ -122,6 +126,7 @@ class DataSplits:
     multilabel: bool = False
     kind: str = "array"
     info: dict = field(default_factory=dict)
+    unlabelled: Any = None
 
     @property
     def n_classes(self) -> int:
@@ -372,6 +377,11 @@ def synthetic(
 # user data
 
 
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.iterdir()
+                  if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def image_folder(
     path: str | Path,
     train: str = "train",
@@ -384,17 +394,21 @@ def image_folder(
     """Images in fastai's folder convention: ``path/<split>/<class>/<image>``.
 
     ``path/train`` is required. When ``path/valid`` is missing, ``valid_pct`` of each training
-    class is held out; when ``path/test`` is missing, the validation split doubles as test.
-    Class names come from the training folders, sorted.
+    class is held out; when ``path/test`` has class folders it is the labelled test split, when
+    it holds images directly (a competition's test set) they are ``unlabelled`` and the
+    validation split doubles as test, as it does when ``path/test`` is missing. Class names come
+    from the training folders, sorted; an empty class folder is refused by name.
 
     Args:
         path: the root folder.
         train, valid, test: sub-folder names (default ``train``, ``valid``, ``test``).
         valid_pct: held-out fraction when there is no valid folder (default 0.2).
-        size: images are resized to ``size x size`` when the loaders are built (default 64).
+        size: final image size in pixels, ``size x size`` (default 64).
         seed: seed of the held-out split.
     """
     root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image_folder: folder {str(root)!r} does not exist")
     train_dir = root / train
     if not train_dir.is_dir():
         raise FileNotFoundError(f"image_folder expects a '{train}' folder in {root}, found none")
@@ -409,10 +423,13 @@ def image_folder(
         for cls in sorted(p for p in folder.iterdir() if p.is_dir()):
             if cls.name not in class_idx:
                 raise ValueError(f"class folder {cls} is not one of the training classes {vocab}")
-            for f in sorted(cls.iterdir()):
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
-                    xs.append(f)
-                    ys.append(class_idx[cls.name])
+            files = _image_files(cls)
+            if not files:
+                raise ValueError(f"class folder {str(cls)!r} (class {cls.name!r}) has no images "
+                                 f"(extensions {', '.join(IMAGE_EXTENSIONS)}); add images or "
+                                 "remove the folder")
+            xs += files
+            ys += [class_idx[cls.name]] * len(files)
         return Split(xs, np.asarray(ys, dtype=np.int64))
 
     train_split = scan(train_dir)
@@ -422,12 +439,203 @@ def image_folder(
         _check_pcts(valid_pct)
         tr, va = _carve_valid(train_split.y, valid_pct, seed)
         train_split, valid_split = train_split.take(tr), train_split.take(va)
-    if test is not None and (root / test).is_dir():
-        test_split = scan(root / test)
-    else:
-        test_split = valid_split
+    test_split, unlabelled = valid_split, None
+    test_dir = root / test if test is not None else None
+    if test_dir is not None and test_dir.is_dir():
+        if any(p.is_dir() for p in test_dir.iterdir()):
+            test_split = scan(test_dir)
+        else:
+            unlabelled = _image_files(test_dir)
     return DataSplits(train_split, valid_split, test_split, vocab=vocab, kind="image",
-                      info={"name": "image_folder", "size": int(size)})
+                      info={"name": "image_folder", "size": int(size)}, unlabelled=unlabelled)
+
+
+_ID_COLUMNS = ("path", "id", "image_id", "image", "filename", "fname", "file")
+
+
+def _read_csv(path: str | Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {str(path)!r} cannot be read as CSV: {err}") from err
+
+
+def _column(df: pd.DataFrame, csv: Path, name: str | None, what: str,
+            candidates: Sequence[str] = ()) -> str:
+    """The column ``name`` of ``df`` (or the first of ``candidates`` present when None)."""
+    if name is None:
+        for c in candidates:
+            if c in df.columns:
+                return c
+        raise KeyError(f"{str(csv)!r} has no {what} column (looked for "
+                       f"{', '.join(map(repr, candidates))}); columns: {list(df.columns)}. "
+                       f"Name it with data.{what}_col")
+    if name not in df.columns:
+        raise KeyError(f"{str(csv)!r} has no {what} column {name!r}; columns: "
+                       f"{list(df.columns)}{_did_you_mean(name, df.columns)}")
+    return name
+
+
+def _did_you_mean(name: str, options: Any) -> str:
+    from fasttricks._validate import did_you_mean
+
+    return did_you_mean(name, [str(o) for o in options])
+
+
+def _image_paths(df: pd.DataFrame, col: str, csv: Path, folder: Path, suffix: str) -> list[Path]:
+    if df[col].isna().any():
+        rows = df.index[df[col].isna()].tolist()
+        raise ValueError(f"{str(csv)!r}: column {col!r} is empty in {len(rows)} row(s) (first "
+                         f"data rows {[r + 2 for r in rows[:5]]}, counting the header as 1)")
+    paths = [folder / f"{v}{suffix}" for v in df[col].astype(str)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{str(csv)!r}: {len(missing)} of {len(paths)} image(s) named in column {col!r} do "
+            f"not exist, e.g. {', '.join(str(p) for p in missing[:3])} (folder {str(folder)!r}, "
+            f"suffix {suffix!r})")
+    return paths
+
+
+def image_csv(
+    path: str | Path,
+    folder: str | None = None,
+    path_col: str | None = None,
+    label_col: str = "label",
+    suffix: str = "",
+    label_delim: str | None = None,
+    valid_col: str | None = None,
+    fold_col: str | None = None,
+    valid_fold: int = 0,
+    valid_pct: float = 0.2,
+    test_csv: str | None = None,
+    test_folder: str | None = None,
+    size: int = 64,
+    seed: int = 0,
+) -> DataSplits:
+    """Images listed in a CSV: a path/id column and a label column (Kaggle's ``train.csv``).
+
+    Each row's image is ``folder / (value + suffix)``. Multi-label rows hold every label in the
+    one column, separated by ``label_delim`` (targets become a multi-hot matrix). The validation
+    split is the rows where ``valid_col`` is true, or where ``fold_col == valid_fold``, else
+    ``valid_pct`` of each class held out with ``seed``. ``test_csv`` (with the label column: a
+    labelled test split; without: unlabelled items) or ``test_folder`` (every image in it,
+    unlabelled) give the items to predict; without a labelled test split valid doubles as test.
+
+    A missing file or column, an empty label (NaN) or a missing image raises one error naming
+    the file and the column.
+
+    Args:
+        path: the CSV file.
+        folder: image folder, relative to the CSV's folder or absolute (default: the CSV's).
+        path_col: the path/id column (default: the first of ``path``, ``id``, ``image_id``,
+            ``image``, ``filename``, ``fname``, ``file``).
+        label_col: the label column (default ``label``).
+        suffix: appended to each path/id, e.g. ``.jpg`` (default none).
+        label_delim: separator of several labels in one cell (default None: single-label).
+        valid_col: boolean column marking validation rows (default: ``is_valid`` if present).
+        fold_col, valid_fold: a fold column and the fold used for validation (default 0).
+        valid_pct: held-out fraction when neither column is given (default 0.2).
+        test_csv: a CSV of test items, relative to the CSV's folder or absolute.
+        test_folder: a folder of unlabelled test images (relative to the CSV's folder or
+            absolute).
+        size: final image size in pixels (default 64).
+        seed: seed of the held-out split.
+    """
+    csv = Path(path)
+    df = _read_csv(csv, "image_csv file")
+    base = csv.parent
+    img_dir = base if folder is None else (base / folder)
+    if not img_dir.is_dir():
+        raise FileNotFoundError(f"image_csv: image folder {str(img_dir)!r} does not exist")
+    pcol = _column(df, csv, path_col, "path", _ID_COLUMNS)
+    lcol = _column(df, csv, label_col, "label")
+
+    def labels_of(frame: pd.DataFrame, file: Path) -> list:
+        if frame[lcol].isna().any():
+            rows = frame.index[frame[lcol].isna()].tolist()
+            raise ValueError(f"{str(file)!r}: label column {lcol!r} is empty (NaN) in "
+                             f"{len(rows)} row(s) (first data rows {[r + 2 for r in rows[:5]]}, "
+                             "counting the header as 1); every row needs a label")
+        if label_delim is None:
+            return frame[lcol].astype(str).tolist()
+        return [[t for t in str(v).split(label_delim) if t] for v in frame[lcol]]
+
+    labels = labels_of(df, csv)
+    vocab = sorted({t for v in labels for t in v} if label_delim is not None else set(labels))
+    index = {c: i for i, c in enumerate(vocab)}
+
+    def encode(values: list, file: Path) -> np.ndarray:
+        unknown = sorted({t for v in values for t in (v if label_delim is not None else [v])}
+                         - set(index))
+        if unknown:
+            raise ValueError(f"{str(file)!r}: labels {unknown[:5]} in column {lcol!r} are not in "
+                             f"the training labels {vocab}")
+        if label_delim is None:
+            return np.asarray([index[v] for v in values], dtype=np.int64)
+        y = np.zeros((len(values), len(vocab)), dtype=np.float32)
+        for r, v in enumerate(values):
+            y[r, [index[t] for t in v]] = 1.0
+        return y
+
+    whole = Split(_image_paths(df, pcol, csv, img_dir, suffix), encode(labels, csv))
+    if valid_col is None and fold_col is None and "is_valid" in df.columns:
+        valid_col = "is_valid"
+    if valid_col is not None:
+        vcol = _column(df, csv, valid_col, "valid")
+        values = df[vcol]
+        if values.dtype == object:
+            values = values.astype(str).str.strip().str.lower().map(
+                {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False})
+        if values.isna().any():
+            raise ValueError(f"{str(csv)!r}: column {vcol!r} must be true/false in every row")
+        is_valid = values.astype(bool).to_numpy()
+        va, tr = np.flatnonzero(is_valid), np.flatnonzero(~is_valid)
+    elif fold_col is not None:
+        fcol = _column(df, csv, fold_col, "fold")
+        folds = df[fcol].to_numpy()
+        if not (folds == valid_fold).any():
+            raise ValueError(f"{str(csv)!r}: no row of column {fcol!r} is fold {valid_fold!r}; "
+                             f"folds present: {sorted(set(folds.tolist()))}")
+        va, tr = np.flatnonzero(folds == valid_fold), np.flatnonzero(folds != valid_fold)
+    else:
+        _check_pcts(valid_pct)
+        if label_delim is None:
+            tr, va = _carve_valid(whole.y, valid_pct, seed)
+        else:
+            from fasttricks.data.splits import stratified_split
+
+            tr, va = stratified_split(whole.y, valid_pct, None, seed)
+    if len(tr) == 0 or len(va) == 0:
+        raise ValueError(f"{str(csv)!r}: the split leaves {len(tr)} training and {len(va)} "
+                         "validation rows; both need at least one")
+    train_split, valid_split = whole.take(tr), whole.take(va)
+    test_split, unlabelled = valid_split, None
+    if test_csv is not None:
+        tcsv = base / test_csv
+        tdf = _read_csv(tcsv, "image_csv test_csv")
+        tp = _column(tdf, tcsv, path_col or (pcol if pcol in tdf.columns else None), "path",
+                     _ID_COLUMNS)
+        tpaths = _image_paths(tdf, tp, tcsv, img_dir, suffix)
+        if lcol in tdf.columns:
+            test_split = Split(tpaths, encode(labels_of(tdf, tcsv), tcsv))
+        else:
+            unlabelled = tpaths
+    if test_folder is not None:
+        tdir = base / test_folder
+        if not tdir.is_dir():
+            raise FileNotFoundError(f"image_csv: test_folder {str(tdir)!r} does not exist")
+        found = _image_files(tdir)
+        if not found:
+            raise ValueError(f"image_csv: test_folder {str(tdir)!r} has no images")
+        unlabelled = (unlabelled or []) + found
+    return DataSplits(train_split, valid_split, test_split, vocab=vocab,
+                      multilabel=label_delim is not None, kind="image",
+                      info={"name": "image_csv", "size": int(size), "path_col": pcol,
+                            "label_col": lcol}, unlabelled=unlabelled)
 
 
 def tabular_csv(
@@ -488,13 +696,24 @@ def register_dataset(name: str, loader: Callable[..., DataSplits], *,
 
 for _name, _loader in (("digits", digits), ("mnist1d", mnist1d), ("longtail", longtail),
                        ("multilabel", multilabel), ("synthetic", synthetic),
-                       ("image_folder", image_folder), ("tabular_csv", tabular_csv)):
+                       ("image_folder", image_folder), ("image_csv", image_csv),
+                       ("tabular_csv", tabular_csv)):
     register_dataset(_name, _loader)
+
+# loaders whose splits hold image paths: the recipe's image keys (augment, presize...) apply
+image_folder.data_kind = "image"
+image_csv.data_kind = "image"
 
 
 def list_datasets(pattern: str | None = None) -> list[str]:
     """Names accepted by :func:`load_dataset`; ``pattern`` filters with a glob."""
     return DATASETS.names(pattern)
+
+
+def dataset_kind(name: str) -> str | None:
+    """``"image"`` for loaders of image paths (``image_folder``, ``image_csv``), else None
+    (a loader marks itself with a ``data_kind`` attribute)."""
+    return getattr(DATASETS.get(name), "data_kind", None)
 
 
 def dataset_parameters(name: str) -> dict[str, inspect.Parameter]:

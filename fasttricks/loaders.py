@@ -6,8 +6,9 @@ batches out of tensors held in memory instead of collating items one by one; an 
 It still is a fastai ``DataLoader`` (``new``, ``one_batch``, shuffling, ``test_dl``,
 ``learn.get_preds`` / ``learn.predict`` and ``dls.vocab`` all work).
 
-Image folders use fastai's ``DataBlock`` (``ImageBlock`` + ``CategoryBlock``) and tabular data
-``TabularPandas``; in every case ``dls[2]`` is the unshuffled test loader.
+Image data use fastai's ``DataBlock`` with presizing and batch augmentation
+(:mod:`fasttricks.data.images`) and tabular data ``TabularPandas``; in every case ``dls[2]``
+is the unshuffled test loader.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class TensorDataLoader(DataLoader):
 
 
 def array_dataloaders(
-    splits: DataSplits, bs: int = 64, valid_bs: int | None = None, device: Any = None
+    splits: DataSplits, bs: int = 64, valid_bs: int | None = None, device: Any = None,
+    num_workers: int = 0,
 ) -> DataLoaders:
     """(train, valid, test) :class:`TensorDataLoader` s for array splits.
 
@@ -133,6 +135,7 @@ def array_dataloaders(
         bs: training batch size (default 64).
         valid_bs: validation / test batch size (default ``2 * bs``).
         device: where batches go (default: fastai's ``default_device()``).
+        num_workers: worker processes (default 0: slicing in-memory tensors needs none).
     """
     from fastai.torch_core import default_device
 
@@ -142,43 +145,25 @@ def array_dataloaders(
         return ArrayDataset(split.x, split.y, splits.vocab, splits.multilabel)
 
     train = TensorDataLoader(ds(splits.train), bs=bs, shuffle=True,
-                             drop_last=len(splits.train) > bs)
-    valid = TensorDataLoader(ds(splits.valid), bs=valid_bs, shuffle=False)
-    test = TensorDataLoader(ds(splits.test), bs=valid_bs, shuffle=False)
+                             drop_last=len(splits.train) > bs, num_workers=num_workers)
+    valid = TensorDataLoader(ds(splits.valid), bs=valid_bs, shuffle=False,
+                             num_workers=num_workers)
+    test = TensorDataLoader(ds(splits.test), bs=valid_bs, shuffle=False,
+                            num_workers=num_workers)
     return DataLoaders(train, valid, test, device=device or default_device())
 
 
 def _image_dataloaders(
-    splits: DataSplits, bs: int, valid_bs: int | None, device: Any
+    splits: DataSplits, bs: int, valid_bs: int | None, device: Any, **options: Any
 ) -> DataLoaders:
-    from fastai.data.block import CategoryBlock, DataBlock
-    from fastai.data.transforms import ColReader, ColSplitter, IntToFloatTensor, Normalize
-    from fastai.vision.augment import Resize
-    from fastai.vision.core import imagenet_stats
-    from fastai.vision.data import ImageBlock
+    from fasttricks.data.images import image_dataloaders
 
-    pool = splits.pool()
-    df = pd.DataFrame({
-        "path": [str(p) for p in pool.x],
-        "label": [splits.vocab[int(i)] for i in pool.y],
-        "is_valid": [False] * len(splits.train) + [True] * len(splits.valid),
-    })
-    size = int(splits.info.get("size", 64))
-    block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock(vocab=list(splits.vocab))),
-        get_x=ColReader("path"), get_y=ColReader("label"), splitter=ColSplitter("is_valid"),
-        item_tfms=Resize(size),
-        batch_tfms=[IntToFloatTensor(), Normalize.from_stats(*imagenet_stats)],
-    )
-    dls = block.dataloaders(df, bs=bs, val_bs=valid_bs or 2 * bs, device=device, num_workers=0)
-    test_df = pd.DataFrame({"path": [str(p) for p in splits.test.x],
-                            "label": [splits.vocab[int(i)] for i in splits.test.y]})
-    test = dls.test_dl(test_df, with_labels=True)
-    return type(dls)(dls.train, dls.valid, test, path=dls.path, device=dls.device)
+    return image_dataloaders(splits, bs, valid_bs, device, **options)
 
 
 def _tabular_dataloaders(
-    splits: DataSplits, bs: int, valid_bs: int | None, device: Any
+    splits: DataSplits, bs: int, valid_bs: int | None, device: Any, num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoaders:
     from fastai.data.block import CategoryBlock
     from fastai.tabular.core import Categorify, FillMissing, TabularPandas
@@ -197,7 +182,8 @@ def _tabular_dataloaders(
         y_block=CategoryBlock(vocab=list(splits.vocab)),
         splits=(list(range(n_train)), list(range(n_train, len(pool)))),
     )
-    dls = to.dataloaders(bs=bs, val_bs=valid_bs or 2 * bs, device=device)
+    dls = to.dataloaders(bs=bs, val_bs=valid_bs or 2 * bs, device=device,
+                         num_workers=num_workers, pin_memory=pin_memory)
     test_df = splits.test.x.copy()
     test_df[y_name] = [splits.vocab[int(i)] for i in splits.test.y]
     test = dls.test_dl(test_df)  # keeps the target column, processed like the valid set
@@ -207,7 +193,13 @@ def _tabular_dataloaders(
 
 
 def splits_dataloaders(
-    splits: DataSplits, bs: int = 64, valid_bs: int | None = None, device: Any = None
+    splits: DataSplits,
+    bs: int = 64,
+    valid_bs: int | None = None,
+    device: Any = None,
+    num_workers: int | str = "auto",
+    pin_memory: bool | str = "auto",
+    **image_options: Any,
 ) -> DataLoaders:
     """(train, valid, test) fastai ``DataLoaders`` for any :class:`DataSplits` kind.
 
@@ -216,18 +208,35 @@ def splits_dataloaders(
         bs: training batch size (default 64).
         valid_bs: valid / test batch size (default ``2 * bs``).
         device: where batches go (default: fastai's ``default_device()``).
+        num_workers: loader worker processes; ``"auto"`` (default) is the usable cores for
+            images (:func:`fasttricks.data.images.resolve_num_workers`) and 0 for in-memory
+            arrays and tables, whose batches are slices that workers would only slow down.
+        pin_memory: page-locked batches for faster copies to the GPU; ``"auto"`` (default) is on
+            when ``device`` is CUDA.
+        **image_options: for image splits, ``presize``, ``augment`` and ``stats`` of
+            :func:`fasttricks.data.images.image_dataloaders`.
     """
     from fastai.torch_core import default_device
 
+    from fasttricks.data.images import resolve_num_workers
+
     device = device or default_device()
-    if splits.kind == "array":
-        dls = array_dataloaders(splits, bs, valid_bs, device)
-    elif splits.kind == "image":
-        dls = _image_dataloaders(splits, bs, valid_bs, device)
-    elif splits.kind == "tabular":
-        dls = _tabular_dataloaders(splits, bs, valid_bs, device)
+    if pin_memory == "auto":
+        pin_memory = torch.device(device).type == "cuda"
+    if image_options and splits.kind != "image":
+        raise ValueError(f"{sorted(image_options)} apply to image data only, not "
+                         f"{splits.kind!r} splits")
+    if splits.kind == "image":
+        dls = _image_dataloaders(splits, bs, valid_bs, device, num_workers=num_workers,
+                                 pin_memory=pin_memory, **image_options)
     else:
-        raise ValueError(f"unknown DataSplits kind {splits.kind!r}; known: 'array', 'image', "
-                         "'tabular'")
+        workers = 0 if num_workers == "auto" else resolve_num_workers(num_workers)
+        if splits.kind == "array":
+            dls = array_dataloaders(splits, bs, valid_bs, device, workers)
+        elif splits.kind == "tabular":
+            dls = _tabular_dataloaders(splits, bs, valid_bs, device, workers, bool(pin_memory))
+        else:
+            raise ValueError(f"unknown DataSplits kind {splits.kind!r}; known: 'array', "
+                             "'image', 'tabular'")
     dls.splits = splits
     return dls

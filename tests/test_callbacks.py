@@ -451,8 +451,8 @@ def test_nan_guard_is_quiet_on_a_healthy_run():
 
 # --- registry ------------------------------------------------------------------------------------
 def test_registry_builds_every_callback_by_name():
-    assert list_callbacks() == ["early_stopping", "ema", "grad_accum", "grad_clip", "loss_filter",
-                                "nan_guard", "sam", "save_best"]
+    assert list_callbacks() == ["cutmix", "early_stopping", "ema", "grad_accum", "grad_clip",
+                                "loss_filter", "mixup", "nan_guard", "sam", "save_best"]
     for name in list_callbacks():
         assert isinstance(get_callback(name), Callback)
     assert get_callback("EMA", decay=0.9).decay == 0.9

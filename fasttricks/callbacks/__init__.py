@@ -2,6 +2,9 @@
 early stopping, gradient accumulation and gradient clipping.
 
 Each callback lives in its own module; recipes pick them by name with :func:`get_callback`.
+fastai's own MixUp (Zhang et al., 2018, https://arxiv.org/abs/1710.09412; ``alpha`` of the
+Beta distribution, default 0.4) and CutMix (Yun et al., 2019, https://arxiv.org/abs/1905.04899;
+``alpha`` default 1.0) are registered as ``mixup`` and ``cutmix``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import inspect
 from typing import Any
 
 from fastai.callback.core import Callback
+from fastai.callback.mixup import CutMix, MixUp
 
 from fasttricks._validate import did_you_mean
 from fasttricks.callbacks.early_stopping import EarlyStoppingCallback
@@ -57,7 +61,7 @@ for _name, _cls in (("sam", SAMCallback), ("loss_filter", BatchLossFilterCallbac
                     ("save_best", SaveBestCallback), ("ema", EMACallback),
                     ("nan_guard", NaNGuardCallback), ("early_stopping", EarlyStoppingCallback),
                     ("grad_accum", GradientAccumulationCallback),
-                    ("grad_clip", GradientClipCallback)):
+                    ("grad_clip", GradientClipCallback), ("mixup", MixUp), ("cutmix", CutMix)):
     register_callback(_name, _cls)
 
 
@@ -86,7 +90,7 @@ def get_callback(name: str, **kwargs: Any) -> Callback:
     """Build the callback registered as ``name`` (lower-cased) with ``kwargs``.
 
     Names: ``sam``, ``loss_filter``, ``save_best``, ``ema``, ``nan_guard``, ``early_stopping``,
-    ``grad_accum``, ``grad_clip``. An unknown name raises
+    ``grad_accum``, ``grad_clip``, ``mixup``, ``cutmix``. An unknown name raises
     a ``KeyError`` listing the known ones and the closest match; an argument the callback does not
     take raises ``TypeError`` listing the ones it does.
 

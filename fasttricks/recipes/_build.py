@@ -29,7 +29,13 @@ from fastai.learner import Learner
 
 from fasttricks.datasets import DataSplits, load_dataset
 from fasttricks.metrics import get_metric
-from fasttricks.recipes._schema import _DATA_KEYS, Recipe, RecipeError, load_recipe
+from fasttricks.recipes._schema import (
+    _DATA_KEYS,
+    Recipe,
+    RecipeError,
+    load_recipe,
+    recipe_to_dict,
+)
 
 __all__ = [
     "build_dataloaders",
@@ -234,6 +240,11 @@ def build_dataloaders(
     classes (:func:`fasttricks.data.oversample_indices`); ``data.sampler: weighted`` samples the
     training loader with per-class weights (``data.weights``, default ``sqrt_inv``) via
     :func:`fasttricks.data.weighted_dataloaders`. ``dls.splits`` holds the (oversampled) splits.
+    Image data are checked first (``data.check_images``, ``data.bad_images``:
+    :func:`fasttricks.data.images.check_image_splits`), then presized and augmented
+    (``data.presize``, ``data.augment``) and normalized with the timm model's own statistics or
+    ImageNet's (``data.normalize``); ``data.num_workers`` / ``data.pin_memory`` set the loader
+    workers (``auto``: the usable cores for images) and page-locked memory (``auto``: on CUDA).
 
     Args:
         recipe: a :class:`~fasttricks.recipes.Recipe` (or a path or mapping, validated first).
@@ -257,7 +268,19 @@ def build_dataloaders(
         strategy = "max" if data["oversample"] is True else data["oversample"]
         idx = oversample_indices(splits.train.y, strategy=strategy, seed=recipe["seed"])
         splits = replace(splits, train=splits.train.take(idx))
-    dls = splits_dataloaders(splits, bs=data["bs"], valid_bs=data["valid_bs"])
+    image: dict[str, Any] = {}
+    if splits.kind == "image":
+        from fasttricks.data.images import check_image_splits, normalization_stats
+
+        splits = check_image_splits(splits, data.get("check_images", "auto"),
+                                    data.get("bad_images", "error"))
+        image = {"presize": data.get("presize"),
+                 "augment": recipe_to_dict(data.get("augment") or False),
+                 "stats": normalization_stats(recipe_to_dict(data.get("normalize", "auto")),
+                                              recipe["model"]["name"])}
+    dls = splits_dataloaders(splits, bs=data["bs"], valid_bs=data["valid_bs"],
+                             num_workers=data.get("num_workers", "auto"),
+                             pin_memory=data.get("pin_memory", "auto"), **image)
     if data["sampler"] == "weighted":
         from fasttricks.data import weighted_dataloaders
 

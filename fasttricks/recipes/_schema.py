@@ -4,7 +4,10 @@ A recipe names everything a training run needs::
 
     name: digits
     data: {name: digits, bs: 64}            # + the dataset's options (valid_pct, seed, ...);
-                                            # sampler: weighted, weights: sqrt_inv; oversample
+                                            # sampler: weighted, weights: sqrt_inv; oversample;
+                                            # num_workers: auto, pin_memory: auto; for images
+                                            # presize, augment, normalize, check_images,
+                                            # bad_images
     model: {name: cnn2d, channels: [32, 64, 128]}
     loss: {name: cross_entropy}             # + the loss's options (gamma, alpha, ...)
     optimizer: {name: ranger, lr: 3e-3, wd: 1e-2}
@@ -274,8 +277,9 @@ _SECTIONS = ("name", "description", "data", "model", "loss", "optimizer", "sched
 _DISTRIBUTED = ("auto", "none", "ddp")
 
 # data keys handled by the recipe itself; the rest are the dataset loader's arguments
+_IMAGE_KEYS = ("presize", "augment", "normalize", "check_images", "bad_images")
 _DATA_KEYS = ("name", "bs", "valid_bs", "sampler", "weights", "oversample", "subset",
-              "drop_class", "drop_fraction")
+              "drop_class", "drop_fraction", "num_workers", "pin_memory", *_IMAGE_KEYS)
 _SCHEDULE_KEYS = ("fit", "epochs", "pct_start", "div", "div_final", "n_cycles", "cycle_len",
                   "cycle_mult", "freeze_epochs", "freeze_to_epochs")
 _FITS = ("flat_cos", "one_cycle", "sgdr", "fine_tune")
@@ -350,6 +354,15 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
         if not 0.0 < out["subset"] <= 1.0:
             raise RecipeError("recipe key 'data.subset' must be a fraction in (0, 1] of the "
                               f"training data (a stratified subset), got {subset!r}")
+    workers = data.get("num_workers", "auto")
+    if workers != "auto":
+        if isinstance(workers, str) and not _NUMBER.match(workers):
+            raise _type_error("data.num_workers", workers, "'auto' or an integer >= 0")
+        workers = _as_int("data.num_workers", workers)
+        _check_positive("data.num_workers", workers, allow_zero=True)
+    out["num_workers"] = workers
+    out["pin_memory"] = _as_auto_bool("data.pin_memory", data.get("pin_memory", "auto"))
+    out.update(_validate_image_keys(name, data, params))
     for key, value in data.items():
         if key in _DATA_KEYS:
             continue
@@ -382,6 +395,101 @@ def _validate_drop(data: Mapping[str, Any]) -> dict:
     if isinstance(cls, bool) or not isinstance(cls, (str, int)) or cls == "":
         raise _type_error("data.drop_class", cls, "a class name or index")
     return {"drop_class": cls, "drop_fraction": fraction}
+_NORMALIZE = ("auto", "imagenet", "none")
+_BAD_IMAGES = ("error", "skip")
+_AUG_CHOICES = {"mode": ("bilinear", "nearest", "bicubic"),
+                "pad_mode": ("reflection", "zeros", "border")}
+_AUG_UNIT = ("p_affine", "p_lighting", "max_lighting", "max_warp")
+
+
+def _validate_image_keys(name: str, data: Mapping[str, Any],
+                         params: Mapping[str, inspect.Parameter]) -> dict:
+    """The image-only data keys (presizing, augmentation, normalization, image checks)."""
+    from fasttricks.datasets import DATASETS, dataset_kind
+
+    given = [k for k in _IMAGE_KEYS if k in data]
+    if dataset_kind(name) != "image":
+        if given:
+            images = [n for n in DATASETS.names() if dataset_kind(n) == "image"]
+            raise RecipeError(f"recipe key 'data.{given[0]}' applies to image datasets "
+                              f"({', '.join(images)}), not {name!r}")
+        return {}
+    from fasttricks.data.images import AUGMENT_DEFAULTS
+
+    out: dict[str, Any] = {}
+    size = data.get("size", params["size"].default if "size" in params else None)
+    presize = data.get("presize")
+    out["presize"] = None if presize is None else _as_int("data.presize", presize)
+    if out["presize"] is not None:
+        _check_positive("data.presize", out["presize"])
+        if size is not None and out["presize"] < _as_int("data.size", size):
+            raise RecipeError(f"recipe key 'data.presize' ({out['presize']}) must be at least "
+                              f"data.size ({size}): items are presized larger, then augmented "
+                              "down to size")
+    aug = data.get("augment", False)
+    if aug is None or isinstance(aug, bool):
+        out["augment"] = dict(AUGMENT_DEFAULTS) if aug else False
+    elif isinstance(aug, Mapping):
+        opts = {}
+        for key, value in aug.items():
+            path = f"data.augment.{key}"
+            if key not in AUGMENT_DEFAULTS:
+                raise _unknown_key("data.augment", str(key), AUGMENT_DEFAULTS)
+            if key in _AUG_CHOICES:
+                value = _as_str(path, value)
+                if value not in _AUG_CHOICES[key]:
+                    raise _unknown_name(path, value, _AUG_CHOICES[key])
+                opts[key] = value
+                continue
+            opts[key] = _like_default(path, value, AUGMENT_DEFAULTS[key])
+            if opts[key] is None:
+                raise _type_error(path, value, "a value")
+        opts = {**AUGMENT_DEFAULTS, **opts}
+        for key in _AUG_UNIT:
+            if not 0.0 <= opts[key] <= 1.0:
+                raise RecipeError(f"recipe key 'data.augment.{key}' must be in [0, 1], got "
+                                  f"{opts[key]!r}")
+        if opts["max_rotate"] < 0:
+            raise RecipeError(f"recipe key 'data.augment.max_rotate' must be >= 0 (degrees), "
+                              f"got {opts['max_rotate']!r}")
+        if not 0.0 < opts["min_zoom"] <= opts["max_zoom"]:
+            raise RecipeError("recipe keys 'data.augment.min_zoom' and 'max_zoom' need "
+                              f"0 < min_zoom <= max_zoom, got {opts['min_zoom']!r} and "
+                              f"{opts['max_zoom']!r}")
+        if not 0.0 < opts["min_scale"] <= 1.0:
+            raise RecipeError(f"recipe key 'data.augment.min_scale' must be in (0, 1], got "
+                              f"{opts['min_scale']!r}")
+        out["augment"] = opts
+    else:
+        raise _type_error("data.augment", aug, "true, false or a mapping of aug_transforms "
+                          f"options ({', '.join(AUGMENT_DEFAULTS)})")
+    norm = data.get("normalize", "auto")
+    if isinstance(norm, Mapping):
+        extra = set(norm) - {"mean", "std"}
+        if extra or set(norm) != {"mean", "std"}:
+            raise RecipeError(f"recipe key 'data.normalize' as a mapping needs exactly 'mean' "
+                              f"and 'std', got {sorted(map(str, norm))}")
+        stats = {}
+        for key in ("mean", "std"):
+            values = norm[key]
+            if not isinstance(values, list) or len(values) not in (1, 3):
+                raise _type_error(f"data.normalize.{key}", values, "a list of 1 or 3 numbers")
+            stats[key] = [_as_float(f"data.normalize.{key}.{i}", v) for i, v in
+                          enumerate(values)]
+        if any(v <= 0 for v in stats["std"]):
+            raise RecipeError(f"recipe key 'data.normalize.std' must be > 0, got "
+                              f"{stats['std']!r}")
+        out["normalize"] = stats
+    else:
+        norm = _as_str("data.normalize", norm)
+        if norm not in _NORMALIZE:
+            raise _unknown_name("data.normalize", norm, _NORMALIZE)
+        out["normalize"] = norm
+    out["check_images"] = _as_auto_bool("data.check_images", data.get("check_images", "auto"))
+    out["bad_images"] = _as_str("data.bad_images", data.get("bad_images", "error"))
+    if out["bad_images"] not in _BAD_IMAGES:
+        raise _unknown_name("data.bad_images", out["bad_images"], _BAD_IMAGES)
+    return out
 
 
 def _validate_model(raw: Mapping[str, Any]) -> dict:
@@ -431,7 +539,8 @@ def _validate_timm_model(name: str, model: Mapping[str, Any]) -> dict:
 
 
 def _default_multilabel(data: Mapping[str, Any]) -> bool:
-    return data["name"] == "multilabel"
+    return data["name"] == "multilabel" or (data["name"] == "image_csv"
+                                            and data.get("label_delim") is not None)
 
 
 def _signature_options(func: Any) -> dict[str, inspect.Parameter] | None:
