@@ -226,7 +226,7 @@ def seed_ensemble(
 
     Example::
 
-        result = seed_ensemble("recipes/mnist1d.yaml", seeds=range(5))
+        result = seed_ensemble("mnist1d", seeds=range(5))
         result.mean, result.std, result.sem, result.ensemble_score
     """
     from fasttricks.recipes import build_learner, fit_learner, set_in_recipe
@@ -368,7 +368,7 @@ def snapshot_ensemble(
 
     Example::
 
-        result = snapshot_ensemble("recipes/digits.yaml", cycles=3, epochs=4)
+        result = snapshot_ensemble("digits", cycles=3, epochs=4)
         print(result.summary())   # each snapshot's test score and the averaged one
     """
     from fasttricks.recipes import build_learner

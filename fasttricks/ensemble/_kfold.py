@@ -354,7 +354,7 @@ def kfold_fit(
 
     Example::
 
-        result = kfold_fit("recipes/digits.yaml", n_splits=5)
+        result = kfold_fit("digits", n_splits=5)
         result.oof["accuracy"], result.test["accuracy"]   # out-of-fold and test-ensemble scores
         result.plot()                                      # runs/digits/kfold/kfold.png
         probs = predict_ensemble(result.model_paths, dls.test_dl(new_items))
