@@ -238,6 +238,7 @@ def seed_ensemble(
     base.pop("seed", None)
     store = MemberStore(Path(out_dir) / plan.name / "seeds",
                         fingerprint({"recipe": base, "test": plan.has_test}))
+    plan.save_recipe(store.folder)
 
     def train(i: int, name: str) -> tuple[dict, Any]:
         seeded = set_in_recipe(plan.recipe, "seed", seeds[i])
@@ -379,6 +380,7 @@ def snapshot_ensemble(
     plan = make_plan(recipe, overrides, test)
     store = MemberStore(Path(out_dir) / plan.name / "snapshots", fingerprint(
         {"recipe": plan.recipe_dict(), "epochs": epochs, "test": plan.has_test}))
+    plan.save_recipe(store.folder)
     names = [f"cycle_{c}" for c in range(cycles)]
     trainer = _Cycles(plan, build_learner(plan.recipe, splits=plan.splits), store, names,
                       epochs, cbs, progress)

@@ -367,6 +367,7 @@ def kfold_fit(
     folds = kfold_splits(pool.y, n_splits=n_splits, seed=seed, stratify=stratify, groups=groups)
     kdir = Path(out_dir) / plan.name / "kfold"
     store = _kfold_store(plan, kdir, n_splits, seed, stratify, groups)
+    plan.save_recipe(kdir)
     announce(f"k-fold {plan.name}: {n_splits} folds of {len(pool)} items, monitoring "
              f"{plan.metric_name} ({plan.direction}); results in {kdir}", progress)
 
