@@ -185,10 +185,19 @@ def _source(path: str | PathLike) -> _Source:
 # what is predicted
 
 
+def _splits(dls: Any) -> Any:
+    """The :class:`DataSplits` a recipe's loaders carry (None for an exported learner; fastai
+    delegates ``dls.splits`` to its datasets' index lists then)."""
+    from fasttricks.datasets import DataSplits
+
+    splits = getattr(dls, "splits", None)
+    return splits if isinstance(splits, DataSplits) else None
+
+
 def _data_kind(learn: Any) -> str:
     from fasttricks.loaders import ArrayDataset
 
-    splits = getattr(learn.dls, "splits", None)
+    splits = _splits(learn.dls)
     if splits is not None:
         return splits.kind
     dataset = learn.dls.valid.dataset
@@ -328,7 +337,7 @@ def _frame_items(learn: Any, kind: str, df: pd.DataFrame, folder: Path,
 
 def _split_items(learn: Any, split: str, recipe: Any) -> tuple[list, Any]:
     dls = learn.dls
-    if getattr(dls, "splits", None) is None:  # an exported learner keeps no data
+    if _splits(dls) is None:  # an exported learner keeps no data
         if recipe is None:
             raise ValueError(f"data {split!r} needs the recipe's dataset, and this learner has "
                              "no recipe; give a folder, CSV or .npy file")
@@ -353,15 +362,21 @@ def _member_probs(learn: Any, dl: Any, tta: bool) -> np.ndarray:
 
 
 def _multilabel(learn: Any, recipe: Any) -> bool:
-    splits = getattr(learn.dls, "splits", None)
+    splits = _splits(learn.dls)
     if splits is not None:
         return bool(splits.multilabel)
     dataset = learn.dls.valid.dataset
     if hasattr(dataset, "multilabel"):
         return bool(dataset.multilabel)
-    from fastai.data.transforms import MultiCategorize
+    import torch
 
-    return any(isinstance(t, MultiCategorize) for t in getattr(learn.dls, "tfms", [[]])[-1])
+    # an exported image or tabular learner: softmax outputs of two logits sum to one, sigmoid
+    # outputs (multi-label) do not
+    act = getattr(learn.loss_func, "activation", None)
+    if act is None:
+        return False
+    out = act(torch.tensor([[0.0, 1.0]]))
+    return not bool(torch.isclose(out.sum(), torch.tensor(1.0)))
 
 
 def predict_probs(
