@@ -1,7 +1,7 @@
 """Accuracy of the shipped recipes on the CPU, beside published and in-run baselines.
 
-Targets (2-core CPU): ``recipes/digits.yaml`` >= 98.5% test accuracy in under a minute;
-``recipes/mnist1d.yaml`` >= 95% (aiming for 96%) in under five minutes, on the standard
+Targets (2-core CPU): the ``digits`` recipe >= 98.5% test accuracy in under a minute;
+``mnist1d`` >= 95% (aiming for 96%) in under five minutes, on the standard
 4,000 / 1,000 split of ``mnist1d.data.make_dataset(get_dataset_args())``. Each recipe runs with
 several seeds (default 3); we report the mean, standard deviation, min and max of the test
 accuracy and the wall-clock time per run.
@@ -49,7 +49,7 @@ def machine() -> dict:
     return machine_info()
 
 
-def run_seeds(path: Path, seeds: list[int], overrides: list[str]) -> dict:
+def run_seeds(path: str, seeds: list[int], overrides: list[str]) -> dict:
     accs, secs, epochs = [], [], None
     for seed in seeds:
         recipe = load_recipe(path, [f"seed={seed}", *overrides])
@@ -61,7 +61,7 @@ def run_seeds(path: Path, seeds: list[int], overrides: list[str]) -> dict:
         print(f"  {recipe['name']:<10} seed {seed}: test accuracy {accs[-1]:.4f} "
               f"in {secs[-1]:.1f}s", flush=True)
     return {
-        "recipe": str(path.relative_to(ROOT)), "overrides": overrides, "epochs": epochs,
+        "recipe": path, "overrides": overrides, "epochs": epochs,
         "seeds": seeds, "test_accuracy": accs,
         "mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
         "min": min(accs), "max": max(accs), "seconds": secs,
@@ -101,14 +101,14 @@ def main() -> None:
                      "paper_mnist1d": PAPER_MNIST1D, "recipes": {}, "peers": {}}
     for name in ("digits", "mnist1d"):
         print(f"{name}: {args.seeds} seeds", flush=True)
-        results["recipes"][name] = run_seeds(ROOT / "recipes" / f"{name}.yaml", seeds, [])
+        results["recipes"][name] = run_seeds(name, seeds, [])
         r, t = results["recipes"][name], TARGETS[name]
         r["meets_target"] = bool(r["mean"] >= t["accuracy"] and r["max_seconds"] < t["seconds"])
     if not args.skip_peers:
         print("peers on MNIST-1D", flush=True)
         results["peers"]["logistic_regression_sklearn"] = logistic_regression_mnist1d()
         results["peers"]["mlp_recipe"] = run_seeds(
-            ROOT / "recipes" / "mnist1d.yaml", seeds,
+            "mnist1d", seeds,
             ["model={name: mlp, hidden: [256, 256], dropout: 0.1}"])
     save(results, args.out)
 
@@ -136,7 +136,7 @@ def table(results: dict) -> str:
             "target / paper |", "|---|---|---|---|---|---|"]
     for name, r in results["recipes"].items():
         t = TARGETS[name]
-        rows.append(f"| {name} | recipes/{name}.yaml | {100 * r['mean']:.2f}% ± "
+        rows.append(f"| {name} | recipe {name} | {100 * r['mean']:.2f}% ± "
                     f"{100 * r['std']:.2f} ({len(r['seeds'])}) | {100 * r['min']:.1f}–"
                     f"{100 * r['max']:.1f}% | {r['mean_seconds']:.0f} | "
                     f">= {100 * t['accuracy']:.1f}% in < {t['seconds']:.0f} s: "

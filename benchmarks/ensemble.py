@@ -39,7 +39,7 @@ from fasttricks.ensemble import kfold_fit, seed_ensemble  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 # recipe and the epochs the benchmark trains it for (None: the recipe's own). MNIST-1D's recipe
 # trains 30 epochs; 5 keep the whole benchmark near 15 minutes on a shared 2-core CPU.
-DATASETS = {"digits": ("recipes/digits.yaml", None), "mnist1d": ("recipes/mnist1d.yaml", 5)}
+DATASETS = {"digits": ("digits", None), "mnist1d": ("mnist1d", 5)}
 
 
 def machine() -> dict:
@@ -48,7 +48,7 @@ def machine() -> dict:
 
 def run_dataset(name: str, path: str, repeats: int, n_models: int, epochs: int | None) -> dict:
     overrides = {} if epochs is None else {"schedule.epochs": epochs}
-    recipe = load_recipe(ROOT / path, overrides)
+    recipe = load_recipe(path, overrides)
     metric = "accuracy"
     rows = []
     for r in range(repeats):

@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks._machine import machine_info  # noqa: E402
 from fasttricks._io import atomic_path, atomic_write_text  # noqa: E402
+from fasttricks.recipes import builtin_recipe_path  # noqa: E402
 
 logger = logging.getLogger("benchmarks.imbalance")
 
@@ -77,7 +78,7 @@ def _recipe(name: str, changes: Mapping[str, Any], seed: int, epochs: int) -> di
     """The named recipe file with whole sections or keys replaced, resolved by load_recipe."""
     from fasttricks.recipes import load_recipe
 
-    raw = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
+    raw = yaml.safe_load(builtin_recipe_path(name).read_text())
     raw = copy.deepcopy(raw)
     for section, value in changes.items():
         if section == "loss":

@@ -50,7 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=8, help="epochs per model (default 8)")
     args = p.parse_args()
-    recipe = load_recipe(ROOT / "recipes" / "digits.yaml",
+    recipe = load_recipe("digits",
                          {"schedule.epochs": args.epochs, "data.bs": BS})
     train = [sys.executable, "-m", "fasttricks.train"]
     with tempfile.TemporaryDirectory() as tmp:

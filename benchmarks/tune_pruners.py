@@ -49,7 +49,7 @@ def bench_recipe(epochs: int) -> dict[str, Any]:
     """The MNIST-1D recipe made cheap enough to tune many times on a CPU."""
     from fasttricks.recipes import load_recipe
 
-    return load_recipe(REPO / "recipes" / "mnist1d.yaml", {
+    return load_recipe("mnist1d", {
         "schedule.epochs": epochs, "model.channels": [16, 32, 32], "data.bs": 128,
     })
 
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     report = {
         "benchmark": "tune_pruners",
-        "recipe": "recipes/mnist1d.yaml with model.channels=[16, 32, 32], data.bs=128, "
+        "recipe": "mnist1d with model.channels=[16, 32, 32], data.bs=128, "
                   f"schedule.epochs={args.epochs}",
         "space": SPACE,
         "sampler": f"random, seed {args.seed}",

@@ -13,7 +13,8 @@ is the unshuffled test loader.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,20 @@ class ArrayDataset:
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The items at ``idx`` as one ``(x, y)`` batch."""
         return self.x[idx], self.y[idx]
+
+    def new_empty(self) -> ArrayDataset:
+        """A dataset with no items but the same item shape, dtypes, vocab and multi-label flag.
+
+        fastai's ``learn.export()`` keeps ``dls.new_empty()`` in the pickle; an exported
+        learner rebuilds loaders for new items from it (see :func:`fasttricks.predict`).
+        """
+        return ArrayDataset(self.x[:0], self.y[:0], self.vocab, self.multilabel)
+
+    @contextmanager
+    def set_split_idx(self, i: int) -> Iterator[None]:
+        """fastai's hook to switch training / validation transforms (``learn.tta``); arrays
+        have no item transforms, so this changes nothing."""
+        yield
 
     def decode_target(self, y: Any) -> Any:
         """A class name (single-label) or the list of present class names (multi-label)."""

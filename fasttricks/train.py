@@ -2,10 +2,13 @@
 
 Usage::
 
-    python -m fasttricks.train recipes/digits.yaml
-    python -m fasttricks.train recipes/mnist1d.yaml --set optimizer.lr=1e-3 --set schedule.epochs=5
-    python -m fasttricks.train recipes/digits.yaml --seeds 5      # mean, std, stderr over seeds
-    python -m fasttricks.train recipes/digits.yaml --kfold 5      # 5-fold CV ensemble
+    python -m fasttricks.train digits                  # a built-in recipe, by name
+    python -m fasttricks.train mnist1d --set optimizer.lr=1e-3 --set schedule.epochs=5
+    python -m fasttricks.train digits --seeds 5        # mean, std, stderr over seeds
+    python -m fasttricks.train digits --kfold 5        # 5-fold CV ensemble
+    python -m fasttricks.train path/to/my.yaml         # your own recipe file
+
+``python -m fasttricks.recipes list`` shows the built-in recipes.
 
 Each run writes ``<out>/<name>/`` (default ``runs/<name>/``): ``recipe.yaml`` (the resolved
 recipe), ``metrics.csv`` (one row per epoch, with a UTC timestamp), ``model.pth`` (the final
@@ -54,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m fasttricks.train",
         description="Train a fasttricks recipe, evaluate it on the test split and save the run.",
     )
-    p.add_argument("recipe", help="recipe YAML file, e.g. recipes/digits.yaml")
+    p.add_argument("recipe", help="a built-in recipe name (e.g. digits; python -m "
+                                  "fasttricks.recipes list) or a recipe YAML file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set optimizer.lr=1e-3 (repeatable)")
     p.add_argument("--seeds", type=int, default=1, metavar="N",

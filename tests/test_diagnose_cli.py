@@ -265,7 +265,7 @@ def test_class_ablation_counts_items_and_summarizes_f1_over_seeds(tmp_path, caps
         math.hypot(summarize(f1s)["stderr"], summarize(base)["stderr"]))
     assert "keeping 50% of '0'" in res.summary()
     assert (tmp_path / "ablation.png").stat().st_size > 1000
-    assert main(["--ablate", "nope", "recipes/digits.yaml", "--no-progress"]) == 2
+    assert main(["--ablate", "nope", "digits", "--no-progress"]) == 2
     assert "unknown class 'nope'" in capsys.readouterr().err
 
 

@@ -20,7 +20,6 @@ from fasttricks.ensemble import (
 )
 from fasttricks.recipes import build_dataloaders, load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_digits(**changes):
@@ -175,7 +174,7 @@ def test_rerun_after_a_crash_trains_only_the_unfinished_folds(tmp_path):
 def test_multilabel_recipe_runs_end_to_end_with_multilabel_stratified_folds(tmp_path):
     from fasttricks.datasets import load_dataset
 
-    recipe = load_recipe(ROOT / "recipes" / "multilabel.yaml",
+    recipe = load_recipe("multilabel",
                          {"schedule.epochs": 1, "model.hidden": [32], "data.n_samples": 600})
     result = kfold_fit(recipe, n_splits=3, out_dir=tmp_path, progress=False)
     pool = load_dataset("multilabel", n_samples=600).pool()
@@ -246,7 +245,7 @@ def test_snapshot_ensemble_rejects_bad_cycles():
 def test_train_cli_runs_kfold(tmp_path, capsys):
     from fasttricks.train import main
 
-    argv = [str(ROOT / "recipes" / "digits.yaml"), "--kfold", "2", "--out", str(tmp_path),
+    argv = ["digits", "--kfold", "2", "--out", str(tmp_path),
             "--no-progress", "--threads", "1", "--set", "schedule.epochs=1",
             "--set", "model.channels=[8]"]
     assert main(argv) == 0
@@ -259,7 +258,7 @@ def test_train_cli_runs_kfold(tmp_path, capsys):
 def test_train_cli_rejects_a_single_fold_and_kfold_with_seeds(tmp_cwd, capsys):
     from fasttricks.train import main
 
-    recipe = str(ROOT / "recipes" / "digits.yaml")
+    recipe = "digits"
     assert main([recipe, "--kfold", "1", "--no-progress"]) == 2
     assert "n_splits must be >= 2" in capsys.readouterr().err
     assert main([recipe, "--kfold", "3", "--seeds", "2"]) == 2

@@ -26,9 +26,9 @@ from fasttricks.recipes import (
     run_recipe,
     set_in_recipe,
 )
+from fasttricks.recipes._builtin import BUILTIN_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+RECIPES = sorted(BUILTIN_DIR.glob("*.yaml"))
 SHIPPED = [p for p in RECIPES if not p.name.endswith(".space.yaml")]
 
 
@@ -196,7 +196,7 @@ def test_string_overrides_are_parsed_as_yaml_then_coerced():
 
 
 def test_override_of_a_list_and_a_mapping_of_overrides():
-    r = load_recipe(ROOT / "recipes" / "digits.yaml", {"model.channels": [8, 16],
+    r = load_recipe("digits", {"model.channels": [8, 16],
                                                       "data.valid_pct": "2e-1"})
     assert r["model"]["channels"] == [8, 16]
     assert r["data"]["valid_pct"] == 0.2
@@ -393,14 +393,14 @@ def test_fp16_auto_is_off_without_cuda():
 def test_fp16_auto_is_on_with_cuda_and_channels_last_for_conv_nets():
     from fastai.callback.fp16 import MixedPrecision
 
-    learn = build_learner(load_recipe(ROOT / "recipes" / "digits.yaml",
+    learn = build_learner(load_recipe("digits",
                                       ["schedule.epochs=1", "fp16=auto"]))
     assert any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
     conv = next(m for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     fit_learner(learn)
     assert math.isfinite(evaluate(learn)["loss"])
-    off = build_learner(load_recipe(ROOT / "recipes" / "digits.yaml", ["fp16=false"]))
+    off = build_learner(load_recipe("digits", ["fp16=false"]))
     assert not any(isinstance(cb, MixedPrecision) for cb in off.cbs)
 
 
@@ -513,7 +513,7 @@ def test_cli_seeds_report_mean_std_and_standard_error(tmp_path, capsys, monkeypa
 def test_timm_model_from_a_recipe_trains_with_body_and_head_groups():
     from fasttricks.lr import fine_tune_staged
 
-    recipe = load_recipe(ROOT / "recipes" / "digits.yaml",
+    recipe = load_recipe("digits",
                          {"model": {"name": "timm:test_resnet"}, "schedule.epochs": 1})
     learn = build_learner(recipe)
     learn.create_opt()
@@ -679,7 +679,7 @@ def test_the_learning_rate_is_the_recipes_and_fastai_gets_it_as_learn_lr():
 )
 def test_loss_and_callback_options_are_checked_at_load_time(overrides, path, closest):
     with pytest.raises(KeyError) as err:
-        load_recipe(ROOT / "recipes" / "digits.yaml", overrides)
+        load_recipe("digits", overrides)
     msg = str(err.value)
     assert f"'{path}'" in msg and "allowed keys" in msg and f"Did you mean '{closest}'?" in msg
     assert isinstance(err.value, TypeError)  # also the unexpected keyword argument it would be

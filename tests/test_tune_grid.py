@@ -10,9 +10,10 @@ import optuna
 import pandas as pd
 import pytest
 
-from fasttricks.recipes import load_recipe
+from fasttricks.recipes import builtin_recipe_path, load_recipe
 from fasttricks.tune import GridPointSampler, best_recipe, grid_points, load_space, ranked_trials
 from fasttricks.tune import tune, write_results
+from fasttricks.tune._space import default_space_path
 from fasttricks.tune._cli import main
 from fasttricks.tune._space import TrialSampler, check_space_keys, grid_values
 
@@ -32,7 +33,7 @@ COND = {
 
 
 def _recipe(**overrides):
-    return load_recipe(REPO / "recipes" / "digits.yaml",
+    return load_recipe("digits",
                        {"schedule.epochs": 1, "model.channels": [8, 16], **overrides})
 
 
@@ -132,7 +133,7 @@ def test_tune_with_grid_defaults_n_trials_to_the_grid_size(tmp_path):
 
 def test_cli_grid_over_a_continuous_space_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["--recipe", str(REPO / "recipes" / "digits.yaml"), "--sampler", "grid"])
+    code = main(["--recipe", "digits", "--sampler", "grid"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: grid search needs discrete parameters")
     assert "'optimizer.lr' is a continuous float" in err and len(err.splitlines()) == 1
@@ -166,8 +167,8 @@ def test_space_spec_round_trips_conditions():
 
 @pytest.mark.parametrize("name", ["digits", "longtail", "mnist1d", "multilabel"])
 def test_shipped_spaces_follow_the_cheatsheet(name):
-    recipe = load_recipe(REPO / "recipes" / f"{name}.yaml")
-    space = load_space(REPO / "recipes" / f"{name}.space.yaml")
+    recipe = load_recipe(name)
+    space = load_space(default_space_path(builtin_recipe_path(name)))
     check_space_keys(space, recipe)
     assert space["data.bs"].choices == (32, 64, 128)
     assert space["schedule.fit"].choices == ("flat_cos", "one_cycle")

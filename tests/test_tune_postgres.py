@@ -22,6 +22,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from fasttricks.recipes import builtin_recipe_path
+
 from pg_cluster import PASSWORD, _free_port, create_database, postgres_cluster
 
 pytestmark = pytest.mark.postgres
@@ -106,7 +108,7 @@ def test_two_workers_share_a_study_without_duplicates(postgres_url):
 def _tiny_recipe(tmp_path, epochs):
     import yaml
 
-    recipe = yaml.safe_load((REPO / "recipes" / "digits.yaml").read_text())
+    recipe = yaml.safe_load(builtin_recipe_path("digits").read_text())
     recipe["schedule"]["epochs"] = epochs
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     (tmp_path / "tiny.space.yaml").write_text(yaml.safe_dump({

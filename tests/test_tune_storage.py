@@ -17,6 +17,7 @@ import pytest
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
+from fasttricks.recipes import builtin_recipe_path
 from fasttricks.tune import make_storage
 from fasttricks.tune._storage import (
     StorageError, check_journal, mask_url, repair_journal, resolve_db_url, storage_kind,
@@ -142,7 +143,7 @@ def test_a_truncated_real_study_is_backed_up_repaired_and_resumed(tmp_path):
     writer killed mid-write leaves it); the same command with more trials resumes."""
     import yaml
 
-    recipe = yaml.safe_load((REPO / "recipes" / "digits.yaml").read_text())
+    recipe = yaml.safe_load(builtin_recipe_path("digits").read_text())
     recipe["schedule"]["epochs"] = 2
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
     (tmp_path / "tiny.space.yaml").write_text(yaml.safe_dump(

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from fasttricks.recipes import build_learner, fit_learner, load_recipe
+from fasttricks.recipes import build_learner, builtin_recipe_path, fit_learner, load_recipe
 from fasttricks.tune import load_space, make_storage, tune
 from fasttricks.tune._cli import main
 from fasttricks.tune._study import WORKER_ATTR, count_trials
@@ -33,12 +33,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _recipe():
-    return load_recipe(REPO / "recipes" / "digits.yaml", SMALL)
+    return load_recipe("digits", SMALL)
 
 
 def _recipe_file(tmp_path, name, epochs, space=SPACE):
     """A small digits recipe and its space beside it, for command-line runs."""
-    recipe = yaml.safe_load((REPO / "recipes" / "digits.yaml").read_text())
+    recipe = yaml.safe_load(builtin_recipe_path("digits").read_text())
     recipe["schedule"]["epochs"] = epochs
     recipe["model"]["channels"] = [8, 16]
     (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
@@ -163,7 +163,7 @@ def test_bad_input_fails_before_any_trial(tmp_path, kwargs, error, needle):
 
 def test_cli_reports_bad_input_as_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["--recipe", str(REPO / "recipes" / "digits.yaml"), "--pruner", "asah"])
+    code = main(["--recipe", "digits", "--pruner", "asah"])
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown pruner 'asah'") and "Did you mean 'asha'" in err
@@ -400,7 +400,7 @@ def test_options_file_keeps_the_database_url_out_and_workers_get_it_from_the_env
 def test_cli_refuses_bad_flags_in_one_line(tmp_path, capsys, monkeypatch, flags, needle):
     monkeypatch.chdir(tmp_path)
     try:
-        code = main(["--recipe", str(REPO / "recipes" / "digits.yaml"), *flags])
+        code = main(["--recipe", "digits", *flags])
     except SystemExit as exit_:  # argparse's own errors
         code = exit_.code
     assert code == 2
@@ -421,7 +421,7 @@ def test_library_refuses_negative_threads_and_path_like_study_names(tmp_path):
 def test_cli_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(KeyError, match="asah"):
-        main(["--recipe", str(REPO / "recipes" / "digits.yaml"), "--pruner", "asah", "--debug"])
+        main(["--recipe", "digits", "--pruner", "asah", "--debug"])
 
 
 # ---------------------------------------------------------------- worker processes

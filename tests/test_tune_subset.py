@@ -20,7 +20,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _recipe(**overrides):
-    return load_recipe(REPO / "recipes" / "digits.yaml",
+    return load_recipe("digits",
                        {"schedule.epochs": 1, "model.channels": [8, 16], **overrides})
 
 

@@ -84,7 +84,7 @@ def test_trials_run_on_the_gpu_with_fp16(tmp_path):
     from fasttricks.recipes import load_recipe
     from fasttricks.tune import tune
 
-    recipe = load_recipe(REPO / "recipes" / "digits.yaml", {"schedule.epochs": 2})
+    recipe = load_recipe("digits", {"schedule.epochs": 2})
     space = {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}
     study = tune(recipe, space, pruner="none", n_trials=2, root=str(tmp_path / "runs"),
                  study_name="gpu", gpus=["0"])

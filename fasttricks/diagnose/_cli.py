@@ -7,7 +7,7 @@ Usage::
     python -m fasttricks.diagnose runs/digits --unlabelled new.npy --classes 3 8
     python -m fasttricks.diagnose runs/digits/kfold --split train # out-of-fold label noise
     python -m fasttricks.diagnose --study runs/digits-hyperband --top 10
-    python -m fasttricks.diagnose --ablate 3 recipes/digits.yaml --fractions 1 0.75 0.5
+    python -m fasttricks.diagnose --ablate 3 digits --fractions 1 0.75 0.5
 
 A bad folder, recipe or option prints one line ``error: ...`` and exits with status 2
 (``--debug`` shows the traceback).

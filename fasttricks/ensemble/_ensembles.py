@@ -263,7 +263,7 @@ def seed_ensemble(
 
     Example::
 
-        result = seed_ensemble("recipes/mnist1d.yaml", seeds=range(5))
+        result = seed_ensemble("mnist1d", seeds=range(5))
         result.mean, result.std, result.sem, result.ensemble_score
     """
     from fasttricks._validate import check_range
@@ -273,6 +273,7 @@ def seed_ensemble(
     seeds = _checked_seeds(seeds)
     plan, job = seed_job(recipe, seeds, overrides=overrides, test=test, out_dir=out_dir, cbs=cbs,
                          progress=progress)
+    plan.save_recipe(job.store.folder)
     if workers > 1 or storage is not None:
         from fasttricks.ensemble._parallel import run_workers
 
@@ -407,7 +408,7 @@ def snapshot_ensemble(
 
     Example::
 
-        result = snapshot_ensemble("recipes/digits.yaml", cycles=3, epochs=4)
+        result = snapshot_ensemble("digits", cycles=3, epochs=4)
         print(result.summary())   # each snapshot's test score and the averaged one
     """
     from fasttricks.recipes import build_learner
@@ -418,6 +419,7 @@ def snapshot_ensemble(
     plan = make_plan(recipe, overrides, test)
     store = MemberStore(Path(out_dir) / plan.name / "snapshots", fingerprint(
         {"recipe": plan.recipe_dict(), "epochs": epochs, "test": plan.has_test}))
+    plan.save_recipe(store.folder)
     names = [f"cycle_{c}" for c in range(cycles)]
     trainer = _Cycles(plan, build_learner(plan.recipe, splits=plan.splits), store, names,
                       epochs, cbs, progress)

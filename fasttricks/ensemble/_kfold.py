@@ -397,7 +397,7 @@ def kfold_fit(
 
     Example::
 
-        result = kfold_fit("recipes/digits.yaml", n_splits=5)
+        result = kfold_fit("digits", n_splits=5)
         result.oof["accuracy"], result.test["accuracy"]   # out-of-fold and test-ensemble scores
         result.plot()                                      # runs/digits/kfold/kfold.png
         probs = predict_ensemble(result.model_paths, dls.test_dl(new_items))
@@ -411,6 +411,7 @@ def kfold_fit(
                                  progress=progress)
     pool = plan.splits.pool()
     kdir = job.store.folder
+    plan.save_recipe(kdir)
     announce(f"k-fold {plan.name}: {n_splits} folds of {len(pool)} items, monitoring "
              f"{plan.metric_name} ({plan.direction}); results in {kdir}", progress)
     if workers > 1 or storage is not None:

@@ -55,6 +55,15 @@ class Plan:
 
         return recipe_to_dict(self.recipe)
 
+    def save_recipe(self, folder: Any) -> None:
+        """Write the recipe as ``<folder>/recipe.yaml``, so the members' folder alone says how
+        to rebuild their learner (``python -m fasttricks.predict <folder> ...``)."""
+        from pathlib import Path
+
+        from fasttricks.recipes import save_recipe
+
+        save_recipe(self.recipe, Path(folder) / "recipe.yaml")
+
 
 def _metric_key(metric: str) -> str:
     """The recorder's name for a metric -> the key in :func:`score_predictions`' dict."""

@@ -5,6 +5,9 @@ Three layers, each importing only the one before it:
 - the schema (``_schema``): :func:`load_recipe` validates once and returns a :class:`Recipe`;
   :func:`set_in_recipe`, :func:`recipe_to_dict`, :func:`save_recipe`, :func:`primary_metric`.
   Importable without fastai.
+- the built-in recipes (``_builtin``), shipped with the package: :func:`list_recipes`,
+  :func:`resolve_recipe` (a file, else a built-in name such as ``"digits"``),
+  :func:`builtin_recipe_path`, :func:`recipe_description`; ``python -m fasttricks.recipes list``.
 - the builders (``_build``): :func:`build_dataloaders`, :func:`build_learner` (the one place a
   Learner is made from a recipe).
 - running (``_run``): :func:`fit_learner`, :func:`evaluate`, :func:`run_recipe`
@@ -20,6 +23,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from fasttricks.recipes._builtin import (
+    builtin_recipe_path,
+    list_recipes,
+    recipe_description,
+    resolve_recipe,
+)
 from fasttricks.recipes._schema import (
     FrozenDict,
     FrozenList,
@@ -53,10 +62,14 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "UnknownOptionError",
+    "builtin_recipe_path",
     "list_metrics",
+    "list_recipes",
     "load_recipe",
     "primary_metric",
+    "recipe_description",
     "recipe_to_dict",
+    "resolve_recipe",
     "save_recipe",
     "set_in_recipe",
     *sorted(_LAZY),

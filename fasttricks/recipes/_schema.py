@@ -852,9 +852,9 @@ def _read(source: str | Path | Mapping[str, Any]) -> tuple[dict, str]:
     if isinstance(source, Mapping):
         raw = recipe_to_dict(source)
         return raw, str(raw.get("name") or "recipe")
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
+    from fasttricks.recipes._builtin import resolve_recipe
+
+    path = resolve_recipe(source)
     with open(path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh) or {}
     if not isinstance(raw, dict):
@@ -872,7 +872,8 @@ def load_recipe(
     All overrides are applied first, then the result is validated once.
 
     Args:
-        source: a YAML path, a mapping, or a :class:`Recipe`.
+        source: a YAML path, a built-in recipe name (``"digits"``, see
+            :func:`~fasttricks.recipes.list_recipes`), a mapping, or a :class:`Recipe`.
         overrides: ``"dotted.key=value"`` strings (values parsed as YAML, so ``lr=1e-3`` and
             ``epochs=5`` work) or a mapping ``{dotted key: value}``. Callbacks are addressed by
             position or name: ``callbacks.ema.decay=0.99``.
@@ -884,7 +885,7 @@ def load_recipe(
         ValueError: a value out of range (:class:`RecipeError`).
 
     Example:
-        >>> recipe = load_recipe("recipes/digits.yaml", ["optimizer.lr=1e-3"])
+        >>> recipe = load_recipe("digits", ["optimizer.lr=1e-3"])
         >>> recipe["optimizer"]["lr"]
         0.001
     """

@@ -1,7 +1,8 @@
 """Hyperparameter tuning of fasttricks recipes with Optuna: ``python -m fasttricks.tune``.
 
-A trial is a recipe with sampled values (``recipes/<name>.space.yaml`` says which and from
-where), trained with a pruning callback that reports the validation metric every epoch.
+A trial is a recipe with sampled values (``<name>.space.yaml`` beside the recipe says which
+and from where), trained with a pruning callback that reports the validation metric every
+epoch.
 Pruners use epochs as their resource (Hyperband by default); studies live in a journal file
 under ``runs/<study>/`` or in PostgreSQL, resume when re-run, and can be shared by worker
 processes, one per GPU. How a run goes is one :class:`TuneOptions` object.
@@ -9,7 +10,7 @@ processes, one per GPU. How a run goes is one :class:`TuneOptions` object.
 Example::
 
     from fasttricks.tune import TuneOptions, tune
-    study = tune("recipes/digits.yaml", options=TuneOptions(pruner="hyperband", n_trials=20))
+    study = tune("digits", options=TuneOptions(pruner="hyperband", n_trials=20))
     print(study.best_params)
 """
 

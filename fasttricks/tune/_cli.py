@@ -12,7 +12,7 @@ from typing import Any
 
 __all__ = ["build_parser", "main", "DEFAULT_RECIPE"]
 
-DEFAULT_RECIPE = "recipes/digits.yaml"
+DEFAULT_RECIPE = "digits"
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--recipe", default=DEFAULT_RECIPE,
-                        help=f"recipe YAML to tune (default {DEFAULT_RECIPE})")
+                        help="a built-in recipe name or a recipe YAML file (default "
+                             f"{DEFAULT_RECIPE}; python -m fasttricks.recipes list)")
     parser.add_argument("--space", default=None,
                         help="search space YAML (default: <recipe>.space.yaml beside the recipe)")
     parser.add_argument("--pruner", default="hyperband",
@@ -134,15 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve_recipe(path_text: str) -> str:
-    """The recipe path as given, or the shipped one when run outside the repository."""
-    path = Path(path_text)
-    if path.exists():
-        return path_text
-    shipped = Path(__file__).resolve().parents[2] / path_text
-    if not path.is_absolute() and shipped.exists():
-        return str(shipped)
-    return path_text
+def _resolve_recipe(text: str) -> str:
+    """The recipe file: a path as given, else a built-in recipe by name (its space beside it)."""
+    from fasttricks.recipes import resolve_recipe
+
+    return str(resolve_recipe(text))
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

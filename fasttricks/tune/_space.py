@@ -679,7 +679,7 @@ def _reason(err: BaseException) -> str:
 
 
 def default_space_path(recipe_path: str | os.PathLike[str]) -> Path:
-    """The search space shipped beside a recipe: ``recipes/x.yaml`` -> ``recipes/x.space.yaml``."""
+    """The search space shipped beside a recipe: ``dir/x.yaml`` -> ``dir/x.space.yaml``."""
     path = Path(recipe_path)
     name = path.name
     for suffix in (".yaml", ".yml"):

@@ -122,7 +122,9 @@ def _load_space(space: Any, recipe_source: Any) -> dict[str, Param]:
     if space is None:
         if isinstance(recipe_source, Mapping):
             raise ValueError("give a search space: a recipe mapping has no shipped space beside it")
-        path = default_space_path(recipe_source)
+        from fasttricks.recipes import resolve_recipe
+
+        path = default_space_path(resolve_recipe(recipe_source))  # a built-in name too
         if not path.is_file():
             raise FileNotFoundError(
                 f"no search space given and none beside the recipe: {str(path)!r} not found"
@@ -634,7 +636,7 @@ def tune(
 
     Example::
 
-        study = tune("recipes/digits.yaml", pruner="asha", n_trials=10)
+        study = tune("digits", pruner="asha", n_trials=10)
     """
     return run_study(prepare_study(recipe, space, options, **changes))
 
