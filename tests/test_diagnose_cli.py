@@ -125,6 +125,8 @@ def test_kfold_folder_needs_a_recipe_and_uses_out_of_fold_predictions(tiny_recip
 
     rec = load_recipe(tiny_recipe, {"schedule.epochs": 1})
     result = kfold_fit(rec, n_splits=2, out_dir=tmp_path, progress=False)
+    assert load_run(result.out_dir) is not None  # k-fold folders keep their recipe.yaml
+    (result.out_dir / "recipe.yaml").unlink()
     with pytest.raises(FileNotFoundError, match="no recipe.yaml"):
         load_run(result.out_dir)
     diag = diagnose_run(result.out_dir, "train", recipe=rec)

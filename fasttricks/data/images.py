@@ -140,6 +140,8 @@ class PresizeImage(RandTransform):
 
     split_idx = None
     order = 1
+    # what fastai's test_dl accepts as items: str paths (as training stores them), Path, PIL
+    input_types = (str, Path, Image.Image)
 
     def __init__(self, size: int) -> None:
         super().__init__(p=1.0)
