@@ -15,6 +15,7 @@ A recipe names everything a training run needs::
     fp16: auto                              # learn.to_fp16() when CUDA is present
     channels_last: auto                     # channels-last memory format for GPU conv nets
     retrain_at_best: false
+    nan_guard: true                         # stop a diverging run (NaNGuardCallback); opt out
 
 :func:`load_recipe` validates a recipe before anything is built: an unknown section or key
 (also a loss's or a callback's option, checked against its constructor's signature) names
@@ -22,6 +23,9 @@ itself, the allowed keys and the closest match; a value of the wrong type names 
 (``optimizer.lr``) and echoes the value. Nothing is constructed while validating. Numbers
 written ``1e-3`` (which YAML 1.1 reads as a string) are coerced wherever a number is expected.
 ``data.seed`` fixes the dataset's split and is independent of the training ``seed``.
+``data.impute`` (``median`` or ``mean``) fills NaN/inf feature values from the training split
+instead of refusing the data. A metric that needs multi-label targets on single-label data (or
+the other way round) is refused here, from the metric registry's ``multilabel`` flag.
 
 The result is a :class:`Recipe`: a read-only mapping (nested sections and lists are read-only
 too) that the builders trust without checking it again. Change one with :func:`set_in_recipe`
@@ -34,6 +38,7 @@ This module needs neither fastai nor torch to import; the registries it checks n
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -50,12 +55,14 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "UnknownOptionError",
+    "check_metric_fits",
     "list_metrics",
     "load_recipe",
     "primary_metric",
     "recipe_to_dict",
     "save_recipe",
     "set_in_recipe",
+    "yaml_problem",
 ]
 
 
@@ -233,6 +240,8 @@ def _unknown_name(path: str, value: Any, known: Iterable[str]) -> ChoiceError:
 
 
 def _check_positive(path: str, value: float | int, allow_zero: bool = False) -> None:
+    if not math.isfinite(value):
+        raise RecipeError(f"recipe key {path!r} must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise RecipeError(f"recipe key {path!r} must be {bound}, got {value!r}")
@@ -242,10 +251,12 @@ def _check_positive(path: str, value: float | int, allow_zero: bool = False) -> 
 # schema
 
 _SECTIONS = ("name", "description", "data", "model", "loss", "optimizer", "schedule",
-             "callbacks", "metrics", "seed", "fp16", "channels_last", "retrain_at_best")
+             "callbacks", "metrics", "seed", "fp16", "channels_last", "retrain_at_best",
+             "nan_guard")
 
 # data keys handled by the recipe itself; the rest are the dataset loader's arguments
-_DATA_KEYS = ("name", "bs", "valid_bs", "sampler", "weights", "oversample")
+_DATA_KEYS = ("name", "bs", "valid_bs", "sampler", "weights", "oversample", "impute")
+_IMPUTE = ("median", "mean")
 _SCHEDULE_KEYS = ("fit", "epochs", "pct_start", "div", "div_final")
 _FITS = ("flat_cos", "one_cycle")
 _SAMPLERS = ("random", "weighted")
@@ -306,6 +317,10 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
             raise RecipeError("recipe key 'data.oversample' must be true, 'max' or a ratio in "
                               f"(0, 1] (rare classes grow to ratio * largest), got {over!r}")
         out["oversample"] = ratio
+    impute = data.get("impute")
+    out["impute"] = None if impute is None else _as_str("data.impute", impute)
+    if out["impute"] is not None and out["impute"] not in _IMPUTE:
+        raise _unknown_name("data.impute", out["impute"], _IMPUTE)
     for key, value in data.items():
         if key in _DATA_KEYS:
             continue
@@ -346,6 +361,11 @@ def _validate_model(raw: Mapping[str, Any]) -> dict:
             raise _unknown_key("model", key, ["name", *params])
         out[key] = _like_default(f"model.{key}", value, params[key].default)
     return out
+
+
+# built-in datasets whose labels are known without loading them: multi-label or not
+_KNOWN_LABELS = {"digits": False, "mnist1d": False, "longtail": False, "synthetic": False,
+                 "multilabel": True}
 
 
 def _default_multilabel(data: Mapping[str, Any]) -> bool:
@@ -507,7 +527,24 @@ def _validate_metrics(raw: Mapping[str, Any], data: Mapping[str, Any]) -> list[s
         _as_str(f"metrics.{i}", m)
         if m not in METRICS:
             raise _unknown_name(f"metrics.{i}", m, list_metrics())
+        if data["name"] in _KNOWN_LABELS:  # other datasets are checked once loaded
+            check_metric_fits(m, _KNOWN_LABELS[data["name"]], f"metrics.{i}")
     return list(metrics)
+
+
+def check_metric_fits(name: str, multilabel: bool, path: str = "metrics") -> None:
+    """Refuse a metric made for multi-label targets on single-label data, or the reverse.
+
+    The metric registry's ``multilabel`` flag (None: either) is compared with the data's.
+    """
+    wants = METRICS.get(name).multilabel
+    if wants is None or wants == bool(multilabel):
+        return
+    kind = "multi-label" if multilabel else "single-label"
+    fits = [n for n in METRICS.names() if METRICS.get(n).multilabel in (None, bool(multilabel))]
+    raise RecipeError(f"recipe key {path!r}: metric {name!r} needs "
+                      f"{'multi-label' if wants else 'single-label'} targets but the data are "
+                      f"{kind}; metrics for {kind} data: {', '.join(map(repr, fits))}")
 
 
 def _validate(raw: Mapping[str, Any], default_name: str = "recipe") -> dict:
@@ -532,6 +569,7 @@ def _validate(raw: Mapping[str, Any], default_name: str = "recipe") -> dict:
         "fp16": _as_auto_bool("fp16", raw.get("fp16", "auto")),
         "channels_last": _as_auto_bool("channels_last", raw.get("channels_last", "auto")),
         "retrain_at_best": _as_bool("retrain_at_best", raw.get("retrain_at_best", False)),
+        "nan_guard": _as_bool("nan_guard", raw.get("nan_guard", True)),
     }
     if re.search(r"[/\\]|^\.+$", recipe["name"]):
         raise RecipeError(f"recipe key 'name' must be usable as a folder name, got "
@@ -550,7 +588,11 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ValueError(f"an override must look like 'section.key=value', got {item!r}")
-    return key, yaml.safe_load(text) if text.strip() else None
+    try:
+        return key, yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"override {item!r}: the value is not valid YAML "
+                          f"({yaml_problem(err)})") from None
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
@@ -620,6 +662,16 @@ def _apply_overrides(raw: dict, overrides: Sequence[str] | Mapping[str, Any]) ->
 # public
 
 
+def yaml_problem(err: Exception) -> str:
+    """A YAML parse error in one line: ``line L, column C: <problem>`` (1-based)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    problem = " ".join(str(problem).split())
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def list_metrics() -> list[str]:
     """Metric names a recipe's ``metrics`` list accepts (see :mod:`fasttricks.metrics`)."""
     return METRICS.names()
@@ -630,10 +682,17 @@ def _read(source: str | Path | Mapping[str, Any]) -> tuple[dict, str]:
         raw = recipe_to_dict(source)
         return raw, str(raw.get("name") or "recipe")
     path = Path(source)
+    if path.is_dir():
+        raise IsADirectoryError(f"recipe path {str(path)!r} is a folder, not a YAML file "
+                                f"(e.g. {str(path / 'digits.yaml')!r})")
     if not path.is_file():
         raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
     with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
+        try:
+            raw = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as err:
+            raise RecipeError(f"recipe file {str(path)!r} is not valid YAML: "
+                              f"{yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise _type_error("<recipe>", raw, "a mapping of sections")
     return raw, path.stem
