@@ -91,11 +91,20 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj, path)`` atomically; returns the path."""
+    """``torch.save(obj, path)`` atomically; returns the path.
+
+    The bytes are serialised in memory first and written with a plain file write, so a full
+    disk raises ``OSError`` (ENOSPC, EFBIG) rather than torch's opaque ``RuntimeError``.
+    """
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
     return Path(path)
 
 
