@@ -448,3 +448,14 @@ def test_summary_of_a_finished_run_is_strict_json(tmp_path):
     run = tmp_path / "tiny"
     write_run(_result(), run)
     json.loads((run / "summary.json").read_text(), parse_constant=pytest.fail)
+
+
+def test_a_space_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    from fasttricks.tune import load_space
+
+    bad = tmp_path / "bad.space.yaml"
+    bad.write_text("optimizer.lr: {type: float, low: 1e-3\noptimizer.wd: 1\n")
+    with pytest.raises(ValueError) as err:
+        load_space(bad)
+    assert str(err.value).startswith(f"search space file '{bad}' is not valid YAML: line 2, "
+                                     "column ")

@@ -26,12 +26,14 @@ from fasttricks.recipes._schema import (
     Recipe,
     RecipeError,
     UnknownOptionError,
+    check_metric_fits,
     list_metrics,
     load_recipe,
     primary_metric,
     recipe_to_dict,
     save_recipe,
     set_in_recipe,
+    yaml_problem,
 )
 
 _LAZY = {
@@ -53,12 +55,14 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "UnknownOptionError",
+    "check_metric_fits",
     "list_metrics",
     "load_recipe",
     "primary_metric",
     "recipe_to_dict",
     "save_recipe",
     "set_in_recipe",
+    "yaml_problem",
     *sorted(_LAZY),
 ]
 
