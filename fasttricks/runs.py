@@ -195,7 +195,8 @@ def write_run(result: Any, run_dir: str | Path) -> Path:
 def check_out_dir(out: str | Path) -> Path:
     """Check, before any training, that run folders can be written under ``out``.
 
-    Creates ``out`` if needed and writes and removes a probe file. Returns ``out`` as a path.
+    Writes and removes a probe file in ``out``, or in its nearest existing parent when ``out``
+    does not exist yet (nothing is created). Returns ``out`` as a path.
 
     Raises:
         ValueError: ``out`` is empty.
@@ -209,9 +210,9 @@ def check_out_dir(out: str | Path) -> Path:
         if part.exists() and not part.is_dir():
             raise NotADirectoryError(f"--out {str(folder)!r}: {str(part)!r} is a file, not a "
                                      "folder; choose another --out")
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-check-")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:

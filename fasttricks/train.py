@@ -122,9 +122,6 @@ def _run(args: argparse.Namespace) -> int:
                          f"got {args.seeds}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be an integer >= 1, got {args.threads}")
-    if args.kfold is not None and args.kfold < 2:
-        raise ValueError(f"--kfold must be an integer >= 2 (the number of folds), got "
-                         f"{args.kfold}")
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe, args.overrides)

@@ -372,8 +372,8 @@ def test_bad_paths_and_options_are_one_line(tmp_path, capsys):
     recipe = _write_recipe(tmp_path)
     for option, message in ((["--seeds", "0"], "error: --seeds must be an integer >= 1 (the "
                                                 "number of seeds to train), got 0"),
-                            (["--kfold", "1"], "error: --kfold must be an integer >= 2 (the "
-                                               "number of folds), got 1")):
+                            (["--seeds", "-3"], "error: --seeds must be an integer >= 1 (the "
+                                                "number of seeds to train), got -3")):
         code, _, err = _cli([recipe, *option], capsys)
         assert code == 2 and _one_error_line(err) == message
     code = main([str(recipe), "--threads", "-1"])
