@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import resource
@@ -111,7 +110,6 @@ def error_lines(text: str) -> list[str]:
 
 def whole_run(run_dir: Path) -> bool:
     """The folder reads back and its model reproduces the saved test score."""
-    from fasttricks._io import quiet_fit  # noqa: F401  (fastai patches)
     from fasttricks.recipes import build_learner, evaluate
     from fasttricks.runs import read_run
 
@@ -424,7 +422,7 @@ def main() -> None:
                   f"  lost {row['lost']}  duplicated {row['duplicated']}  "
                   f"[{row['seconds']}s]", flush=True)
     total = time.perf_counter() - t_start
-    print(f"\n| fault | runs | recovered | lost work | duplicated trials |\n|---|---|---|---|---|")
+    print("\n| fault | runs | recovered | lost work | duplicated trials |\n|---|---|---|---|---|")
     for r in rows:
         rec = f"{100 * r['recovered'] / r['runs']:.0f}%" if r["runs"] else "skipped"
         print(f"| {r['fault']} | {r['runs']} | {rec} | {r['lost']} | {r['duplicated']} |")

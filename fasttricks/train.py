@@ -11,7 +11,8 @@ Each run writes ``<out>/<name>/`` (default ``runs/<name>/``): ``recipe.yaml`` (t
 recipe), ``metrics.csv`` (one row per epoch, with a UTC timestamp), ``model.pth`` (the final
 ``state_dict``), ``curves.png`` (losses and the primary metric per epoch) and
 ``summary.json``, written into a temporary folder renamed into place, so the folder is always
-one whole run (a kill or a full disk leaves the previous run as it was). ``--seeds N`` trains seeds ``seed, seed+1, ..., seed+N-1`` into
+one whole run (a kill or a full disk leaves the previous run as it was). ``--seeds N`` trains
+seeds ``seed, seed+1, ..., seed+N-1`` into
 ``<out>/<name>/seed_<s>/`` and writes ``seeds.csv`` / ``seeds.json`` with the mean, standard
 deviation and standard error of the test metric: the cheatsheet's check of how much a score
 moves with the seed alone, i.e. how far apart two results must be to mean anything.

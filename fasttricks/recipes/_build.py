@@ -248,7 +248,8 @@ def build_learner(
     (:func:`build_dataloaders`), the model (:func:`fasttricks.models.create_model`), the loss
     (:func:`fasttricks.losses.get_loss` with the training labels), the optimizer function
     (:func:`fasttricks.optim.get_optimizer`, once), metrics (:mod:`fasttricks.metrics`) and
-    callbacks (with :class:`~fasttricks.callbacks.NaNGuardCallback` unless ``nan_guard: false``), sets ``learn.lr`` (:func:`set_learning_rate`), then applies ``fp16``
+    callbacks (with :class:`~fasttricks.callbacks.NaNGuardCallback` unless
+    ``nan_guard: false``), sets ``learn.lr`` (:func:`set_learning_rate`), then applies ``fp16``
     (``auto``: ``learn.to_fp16()`` when CUDA is present) and ``channels_last`` (``auto``: on
     for 2-D conv nets on CUDA). ``learn.recipe`` holds the :class:`~fasttricks.recipes.Recipe`.
 
