@@ -91,11 +91,24 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save(obj, path)`` atomically; returns the path."""
+    """``torch.save(obj, path)`` atomically; returns the path.
+
+    torch reports a failed write (a full disk, a file-size limit) as an opaque ``RuntimeError``;
+    the bytes are then written once more with a plain file write, which either completes the
+    file or raises the ``OSError`` that says why (ENOSPC, EFBIG).
+    """
+    import io
+
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError:
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)  # an object that cannot be saved raises here
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
     return Path(path)
 
 

@@ -672,6 +672,13 @@ def tabular_csv(
     if cont_names is None:
         cont_names = [c for c in features if c not in set(cat_names)]
     _check_pcts(valid_pct, test_pct)
+    missing = np.flatnonzero(df[y_name].isna().to_numpy())
+    if missing.size:
+        where = "" if isinstance(path, pd.DataFrame) else f" of {str(path)!r}"
+        raise ValueError(f"label column {y_name!r}{where} is empty (NaN) in {missing.size} "
+                         f"row(s), first in data row {int(missing[0]) + 1} (file line "
+                         f"{int(missing[0]) + 2}); labels are never imputed: fill or drop "
+                         "those rows")
     labels = df[y_name].astype(str)
     vocab = sorted(labels.unique())
     y = labels.map({c: i for i, c in enumerate(vocab)}).to_numpy(dtype=np.int64)

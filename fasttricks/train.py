@@ -13,8 +13,9 @@ Usage::
 Each run writes ``<out>/<name>/`` (default ``runs/<name>/``): ``recipe.yaml`` (the resolved
 recipe), ``metrics.csv`` (one row per epoch, with a UTC timestamp), ``model.pth`` (the final
 ``state_dict``), ``curves.png`` (losses and the primary metric per epoch) and
-``summary.json``; every file is written to a temporary name and renamed, so an interrupted run
-leaves no half-written file. ``--seeds N`` trains seeds ``seed, seed+1, ..., seed+N-1`` into
+``summary.json``, written into a temporary folder renamed into place, so the folder is always
+one whole run (a kill or a full disk leaves the previous run as it was). ``--seeds N`` trains
+seeds ``seed, seed+1, ..., seed+N-1`` into
 ``<out>/<name>/seed_<s>/`` and writes ``seeds.csv`` / ``seeds.json`` with the mean, standard
 deviation and standard error of the test metric: the cheatsheet's check of how much a score
 moves with the seed alone, i.e. how far apart two results must be to mean anything.
@@ -28,12 +29,20 @@ process) and only rank 0 writes the run folder.
 ``--kfold N`` cross-validates the recipe instead (:func:`fasttricks.ensemble.kfold_fit`): N fold
 models, out-of-fold and fold-averaged test scores in ``<out>/<name>/kfold/``; re-running skips
 the folds already finished.
+
+Errors are one line ``error: ...`` (``--debug`` shows the traceback). Exit status: 0 done; 2 bad
+input, nothing trained (a recipe or ``--set`` value, YAML syntax with its file and line, a
+metric that does not fit the data, NaN/inf data, an unwritable ``--out``); 1 the run diverged
+(the NaN guard, on unless the recipe says ``nan_guard: false``, or a final loss or metric that
+is not finite: nothing is saved as finished) or its results could not be written; 130
+interrupted (Ctrl-C: the line says what was saved and how to resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -44,12 +53,34 @@ __all__ = ["main"]
 logger = logging.getLogger(__name__)
 
 # The errors a bad recipe, option or data setting raises: printed as one line, exit code 2.
-_USER_ERRORS = (KeyError, TypeError, ValueError, FileNotFoundError, ImportError)
+_USER_ERRORS = (KeyError, TypeError, ValueError, FileNotFoundError, IsADirectoryError,
+                NotADirectoryError, PermissionError, ImportError)
 
 
-def _error(err: BaseException) -> int:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+# fastai prefixes an error raised inside a callback event with this; the cause is what matters
+_FASTAI_PREFIX = re.compile(r"^Exception occured in `[^`]*` when calling event `[^`]*`:\s*")
+
+
+def _error(err: BaseException, code: int = 2) -> int:
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    text = _FASTAI_PREFIX.sub("", " ".join(str(message).split())) or type(err).__name__
+    print(f"error: {text}", file=sys.stderr)
+    return code
+
+
+def _saved_so_far(args: argparse.Namespace) -> str:
+    """What an interrupted command has kept on disk, and how to resume (for Ctrl-C)."""
+    if args.no_save:
+        return "nothing was saved (--no-save); re-run the command to train again"
+    where = Path(args.out) / (getattr(args, "name", None) or "<name>")
+    if args.kfold is not None:
+        return (f"the finished folds are kept in {where / 'kfold'}; re-run the same command "
+                "to resume from them")
+    if args.seeds > 1:
+        return (f"the finished seeds are saved in {where}/seed_<s>/; re-run the same command "
+                "to train all seeds again")
+    return (f"nothing of this run was saved (a previous run in {where} is kept as it was); "
+            "re-run the same command to train again")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,12 +171,22 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
     from fasttricks.recipes import RecipeError, load_recipe, run_recipe, run_seeds
     from fasttricks.runs import summary_line
 
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be an integer >= 1 (the number of seeds to train), "
+                         f"got {args.seeds}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be an integer >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = load_recipe(args.recipe, args.overrides)
+    args.name = recipe["name"]
     if recipe["distributed"] == "ddp" and world_size() == 1 and args.kfold is None:
         return _launch_ddp(args, argv)
     out = None if args.no_save or not is_rank0() else args.out  # only rank 0 writes
+    if out is not None:
+        from fasttricks.runs import check_out_dir
+
+        check_out_dir(out)
     progress = not args.no_progress and is_rank0()
     if args.mlflow is not None:
         from fasttricks.tune._mlflow import check_tracking_uri
@@ -205,19 +246,38 @@ def _log_mlflow(uri: str, recipe: object, run_dirs: list) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m fasttricks.train``; returns the exit status.
 
-    A bad recipe (unknown key, wrong type, value out of range, missing file), a bad option or
-    data that do not fit the recipe print one line ``error: ...`` and return 2; ``--debug``
-    shows the traceback instead.
+    A bad recipe (unknown key, wrong type, value out of range, missing file, YAML syntax), a
+    bad option or data that do not fit the recipe print one line ``error: ...`` and return 2;
+    a diverged run or a failed write return 1; Ctrl-C returns 130 with one line saying what was
+    saved. ``--debug`` shows the traceback instead.
     """
+    from fasttricks.callbacks.nan_guard import NonFiniteLossError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _run(args, argv)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"interrupted: {_saved_so_far(args)}", file=sys.stderr)
+        return 130
+    except NonFiniteLossError as err:
+        if args.debug:
+            raise
+        return _error(err, 1)
     except _USER_ERRORS as err:
         if args.debug:
             raise
         return _error(err)
+    except OSError as err:  # a full disk, a folder that went away while writing
+        if args.debug:
+            raise
+        what = f"{err.strerror} ({err.filename})" if err.filename else (err.strerror or err)
+        return _error(OSError(f"could not write the results: {what}; a previous run folder "
+                              f"is kept as it was. Free space or choose another --out, then "
+                              f"re-run"), 1)
 
 
 if __name__ == "__main__":

@@ -35,12 +35,14 @@ from fasttricks.recipes._schema import (
     Recipe,
     RecipeError,
     UnknownOptionError,
+    check_metric_fits,
     list_metrics,
     load_recipe,
     primary_metric,
     recipe_to_dict,
     save_recipe,
     set_in_recipe,
+    yaml_problem,
 )
 
 _LAZY = {
@@ -63,6 +65,7 @@ __all__ = [
     "RecipeError",
     "UnknownOptionError",
     "builtin_recipe_path",
+    "check_metric_fits",
     "list_metrics",
     "list_recipes",
     "load_recipe",
@@ -72,6 +75,7 @@ __all__ = [
     "resolve_recipe",
     "save_recipe",
     "set_in_recipe",
+    "yaml_problem",
     *sorted(_LAZY),
 ]
 

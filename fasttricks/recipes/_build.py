@@ -91,9 +91,11 @@ def _options(entry: Mapping[str, Any]) -> dict[str, Any]:
 def _build_loss(section: Mapping[str, Any], splits: DataSplits) -> torch.nn.Module:
     from fasttricks.losses import get_loss
 
+    options = _options(section)
+    options.setdefault("vocab", list(splits.vocab))  # errors name the class, not its index
     try:
         return get_loss(section["name"], labels=splits.train.y, n_classes=len(splits.vocab),
-                        **_options(section))
+                        **options)
     except (TypeError, ValueError) as err:
         raise RecipeError(f"recipe section 'loss' ({section['name']!r}): {err}") from err
 
@@ -201,6 +203,30 @@ def _n_in(model_name: str, splits: DataSplits, dls: DataLoaders) -> tuple[int, d
     return int(shape[0]), {}
 
 
+def _checked_data(recipe: Mapping[str, Any], splits: DataSplits) -> DataSplits:
+    """Refuse NaN/inf features and labels (or impute them, ``data.impute``) and a metric that
+    does not fit the data's labels, before anything is built."""
+    from fasttricks.data.checks import NonFiniteDataError, check_finite
+    from fasttricks.recipes._schema import check_metric_fits
+
+    for i, metric in enumerate(recipe["metrics"]):
+        check_metric_fits(metric, splits.multilabel, f"metrics.{i}")
+    try:
+        return check_finite(splits, recipe["data"].get("impute"))
+    except NonFiniteDataError as err:
+        raise NonFiniteDataError(f"dataset {recipe['data']['name']!r}: {err}") from None
+
+
+def _guard(recipe: Mapping[str, Any]) -> list[Callback]:
+    """The NaN guard every recipe gets unless it says ``nan_guard: false`` or lists its own."""
+    if not recipe.get("nan_guard", True) or any(c["name"] == "nan_guard"
+                                                for c in recipe["callbacks"]):
+        return []
+    from fasttricks.callbacks import NaNGuardCallback
+
+    return [NaNGuardCallback()]
+
+
 # --------------------------------------------------------------------------------------------
 # public
 
@@ -240,6 +266,8 @@ def build_dataloaders(
     classes (:func:`fasttricks.data.oversample_indices`); ``data.sampler: weighted`` samples the
     training loader with per-class weights (``data.weights``, default ``sqrt_inv``) via
     :func:`fasttricks.data.weighted_dataloaders`. ``dls.splits`` holds the (oversampled) splits.
+    NaN/inf features or labels are refused first, naming the item or column, unless
+    ``data.impute`` fills them (:func:`fasttricks.data.checks.check_finite`).
     Image data are checked first (``data.check_images``, ``data.bad_images``:
     :func:`fasttricks.data.images.check_image_splits`), then presized and augmented
     (``data.presize``, ``data.augment``) and normalized with the timm model's own statistics or
@@ -257,6 +285,7 @@ def build_dataloaders(
     if splits is None:
         kwargs = {k: v for k, v in data.items() if k not in _DATA_KEYS}
         splits = load_dataset(data["name"], **kwargs)
+    splits = _checked_data(recipe, splits)
     if data.get("subset") is not None and data["subset"] < 1.0:
         splits = replace(splits, train=splits.train.take(
             subset_indices(splits.train.y, data["subset"], seed=data.get("seed", 0))))
@@ -301,7 +330,8 @@ def build_learner(
     (:func:`build_dataloaders`), the model (:func:`fasttricks.models.create_model`), the loss
     (:func:`fasttricks.losses.get_loss` with the training labels), the optimizer function
     (:func:`fasttricks.optim.get_optimizer`, once), metrics (:mod:`fasttricks.metrics`) and
-    callbacks, sets ``learn.lr`` (:func:`set_learning_rate`), then applies ``fp16``
+    callbacks (with :class:`~fasttricks.callbacks.NaNGuardCallback` unless
+    ``nan_guard: false``), sets ``learn.lr`` (:func:`set_learning_rate`), then applies ``fp16``
     (``auto``: ``learn.to_fp16()`` when CUDA is present; ``bf16``: ``learn.to_bf16()`` on CUDA,
     bfloat16 autocast on the CPU) and ``channels_last`` (``auto``: on for 2-D conv nets on
     CUDA). A timm model gets :func:`fasttricks.models.timm_splitter`'s three parameter groups
@@ -328,7 +358,7 @@ def build_learner(
     model = create_model(name, n_in, len(splits.vocab), **extra, **model_cfg)
     loss = _build_loss(recipe["loss"], splits)
     metrics = [get_metric(m) for m in recipe["metrics"]]
-    callbacks = [_build_callback(c) for c in recipe["callbacks"]] + list(cbs)
+    callbacks = [_build_callback(c) for c in recipe["callbacks"]] + _guard(recipe) + list(cbs)
     if recipe.get("distributed", "auto") != "none":
         from fasttricks.distributed import DDPCallback  # a no-op unless torchrun started us
 

@@ -185,13 +185,19 @@ def _history(learn: Learner, clock: _EpochClock) -> pd.DataFrame:
 
 def _fit_and_score(learn: Learner, cbs: Sequence[Callback], progress: bool,
                    epochs: int | None = None) -> tuple[dict, dict, pd.DataFrame]:
+    from fasttricks.callbacks.nan_guard import check_finite_scores
+
     clock = _EpochClock()
     with ExitStack() as stack:
         if not progress:
             stack.enter_context(quiet_fit(learn))
         fit_learner(learn, cbs=[clock, *cbs], epochs=epochs)
     history = _history(learn, clock)  # before validate(), which resets the recorder
-    return evaluate(learn, 1), evaluate(learn, 2), history
+    valid, test = evaluate(learn, 1), evaluate(learn, 2)
+    metric, _ = primary_metric(learn.recipe)
+    check_finite_scores(learn, {"valid": valid, "test": test},
+                        ("loss",) if metric == "valid_loss" else ("loss", metric))
+    return valid, test, history
 
 
 def _save_best_then_retrain(recipe: Mapping[str, Any], cbs: Sequence[Callback],
@@ -234,7 +240,12 @@ def run_recipe(
     result is the retrained run, with the save-best run's numbers in ``extra["save_best"]``.
 
     The run folder is written by :func:`fasttricks.runs.write_run`: ``recipe.yaml``,
-    ``metrics.csv``, ``model.pth``, ``curves.png`` and ``summary.json``, each atomically.
+    ``metrics.csv``, ``model.pth``, ``curves.png`` and ``summary.json``, into a temporary
+    folder renamed into place, so the folder always holds one whole run.
+
+    A diverged run raises :class:`~fasttricks.callbacks.NonFiniteLossError` and writes nothing:
+    the NaN guard stops it (unless ``nan_guard: false``), and a final validation or test loss
+    or primary metric that is nan/inf is refused.
 
     Args:
         recipe: a :class:`~fasttricks.recipes.Recipe` (or a path or mapping, validated once).

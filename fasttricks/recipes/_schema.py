@@ -21,6 +21,7 @@ A recipe names everything a training run needs::
     retrain_at_best: false
     distributed: auto                       # ddp: one model on several processes (torchrun);
                                             # auto: ddp when launched by torchrun; none
+    nan_guard: true                         # stop a diverging run (NaNGuardCallback); opt out
 
 :func:`load_recipe` validates a recipe before anything is built: an unknown section or key
 (also a loss's or a callback's option, checked against its constructor's signature) names
@@ -28,6 +29,9 @@ itself, the allowed keys and the closest match; a value of the wrong type names 
 (``optimizer.lr``) and echoes the value. Nothing is constructed while validating. Numbers
 written ``1e-3`` (which YAML 1.1 reads as a string) are coerced wherever a number is expected.
 ``data.seed`` fixes the dataset's split and is independent of the training ``seed``.
+``data.impute`` (``median`` or ``mean``) fills NaN/inf feature values from the training split
+instead of refusing the data. A metric that needs multi-label targets on single-label data (or
+the other way round) is refused here, from the metric registry's ``multilabel`` flag.
 
 Training keys beyond the defaults:
 
@@ -55,6 +59,7 @@ This module needs neither fastai nor torch to import; the registries it checks n
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -71,12 +76,14 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "UnknownOptionError",
+    "check_metric_fits",
     "list_metrics",
     "load_recipe",
     "primary_metric",
     "recipe_to_dict",
     "save_recipe",
     "set_in_recipe",
+    "yaml_problem",
 ]
 
 
@@ -263,6 +270,8 @@ def _unknown_name(path: str, value: Any, known: Iterable[str]) -> ChoiceError:
 
 
 def _check_positive(path: str, value: float | int, allow_zero: bool = False) -> None:
+    if not math.isfinite(value):
+        raise RecipeError(f"recipe key {path!r} must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise RecipeError(f"recipe key {path!r} must be {bound}, got {value!r}")
@@ -273,13 +282,15 @@ def _check_positive(path: str, value: float | int, allow_zero: bool = False) -> 
 
 _SECTIONS = ("name", "description", "data", "model", "loss", "optimizer", "schedule",
              "callbacks", "metrics", "seed", "fp16", "channels_last", "retrain_at_best",
-             "distributed")
+             "distributed", "nan_guard")
 _DISTRIBUTED = ("auto", "none", "ddp")
 
 # data keys handled by the recipe itself; the rest are the dataset loader's arguments
 _IMAGE_KEYS = ("presize", "augment", "normalize", "check_images", "bad_images")
 _DATA_KEYS = ("name", "bs", "valid_bs", "sampler", "weights", "oversample", "subset",
-              "drop_class", "drop_fraction", "num_workers", "pin_memory", *_IMAGE_KEYS)
+              "drop_class", "drop_fraction", "num_workers", "pin_memory", "impute",
+              *_IMAGE_KEYS)
+_IMPUTE = ("median", "mean")
 _SCHEDULE_KEYS = ("fit", "epochs", "pct_start", "div", "div_final", "n_cycles", "cycle_len",
                   "cycle_mult", "freeze_epochs", "freeze_to_epochs")
 _FITS = ("flat_cos", "one_cycle", "sgdr", "fine_tune")
@@ -363,6 +374,10 @@ def _validate_data(raw: Mapping[str, Any]) -> dict:
     out["num_workers"] = workers
     out["pin_memory"] = _as_auto_bool("data.pin_memory", data.get("pin_memory", "auto"))
     out.update(_validate_image_keys(name, data, params))
+    impute = data.get("impute")
+    out["impute"] = None if impute is None else _as_str("data.impute", impute)
+    if out["impute"] is not None and out["impute"] not in _IMPUTE:
+        raise _unknown_name("data.impute", out["impute"], _IMPUTE)
     for key, value in data.items():
         if key in _DATA_KEYS:
             continue
@@ -536,6 +551,9 @@ def _validate_timm_model(name: str, model: Mapping[str, Any]) -> dict:
         else:
             out[key] = _loose(f"model.{key}", value)
     return out
+# built-in datasets whose labels are known without loading them: multi-label or not
+_KNOWN_LABELS = {"digits": False, "mnist1d": False, "longtail": False, "synthetic": False,
+                 "multilabel": True}
 
 
 def _default_multilabel(data: Mapping[str, Any]) -> bool:
@@ -729,7 +747,24 @@ def _validate_metrics(raw: Mapping[str, Any], data: Mapping[str, Any]) -> list[s
         _as_str(f"metrics.{i}", m)
         if m not in METRICS:
             raise _unknown_name(f"metrics.{i}", m, list_metrics())
+        if data["name"] in _KNOWN_LABELS:  # other datasets are checked once loaded
+            check_metric_fits(m, _KNOWN_LABELS[data["name"]], f"metrics.{i}")
     return list(metrics)
+
+
+def check_metric_fits(name: str, multilabel: bool, path: str = "metrics") -> None:
+    """Refuse a metric made for multi-label targets on single-label data, or the reverse.
+
+    The metric registry's ``multilabel`` flag (None: either) is compared with the data's.
+    """
+    wants = METRICS.get(name).multilabel
+    if wants is None or wants == bool(multilabel):
+        return
+    kind = "multi-label" if multilabel else "single-label"
+    fits = [n for n in METRICS.names() if METRICS.get(n).multilabel in (None, bool(multilabel))]
+    raise RecipeError(f"recipe key {path!r}: metric {name!r} needs "
+                      f"{'multi-label' if wants else 'single-label'} targets but the data are "
+                      f"{kind}; metrics for {kind} data: {', '.join(map(repr, fits))}")
 
 
 def _validate(raw: Mapping[str, Any], default_name: str = "recipe") -> dict:
@@ -755,6 +790,7 @@ def _validate(raw: Mapping[str, Any], default_name: str = "recipe") -> dict:
         "channels_last": _as_auto_bool("channels_last", raw.get("channels_last", "auto")),
         "retrain_at_best": _as_bool("retrain_at_best", raw.get("retrain_at_best", False)),
         "distributed": _as_distributed(raw.get("distributed", "auto")),
+        "nan_guard": _as_bool("nan_guard", raw.get("nan_guard", True)),
     }
     if re.search(r"[/\\]|^\.+$", recipe["name"]):
         raise RecipeError(f"recipe key 'name' must be usable as a folder name, got "
@@ -773,7 +809,11 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ValueError(f"an override must look like 'section.key=value', got {item!r}")
-    return key, yaml.safe_load(text) if text.strip() else None
+    try:
+        return key, yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"override {item!r}: the value is not valid YAML "
+                          f"({yaml_problem(err)})") from None
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
@@ -843,6 +883,16 @@ def _apply_overrides(raw: dict, overrides: Sequence[str] | Mapping[str, Any]) ->
 # public
 
 
+def yaml_problem(err: Exception) -> str:
+    """A YAML parse error in one line: ``line L, column C: <problem>`` (1-based)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    problem = " ".join(str(problem).split())
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def list_metrics() -> list[str]:
     """Metric names a recipe's ``metrics`` list accepts (see :mod:`fasttricks.metrics`)."""
     return METRICS.names()
@@ -854,9 +904,16 @@ def _read(source: str | Path | Mapping[str, Any]) -> tuple[dict, str]:
         return raw, str(raw.get("name") or "recipe")
     from fasttricks.recipes._builtin import resolve_recipe
 
+    if Path(source).is_dir():
+        raise IsADirectoryError(f"recipe path {str(source)!r} is a folder, not a YAML file "
+                                f"(e.g. {str(Path(source) / 'digits.yaml')!r})")
     path = resolve_recipe(source)
     with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh) or {}
+        try:
+            raw = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as err:
+            raise RecipeError(f"recipe file {str(path)!r} is not valid YAML: "
+                              f"{yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise _type_error("<recipe>", raw, "a mapping of sections")
     return raw, path.stem

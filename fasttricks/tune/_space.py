@@ -318,7 +318,13 @@ def load_space(source: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, 
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"search space file not found: {str(path)!r}")
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            from fasttricks.recipes import yaml_problem
+
+            raise ValueError(f"search space file {str(path)!r} is not valid YAML: "
+                             f"{yaml_problem(err)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):

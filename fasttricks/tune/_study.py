@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -167,8 +168,10 @@ def failure_summary(study: Any, first_trial: int = 0) -> tuple[int, str | None, 
     ]
     if not errors:
         return 0, None, 0
-    message, count = collections.Counter(errors).most_common(1)[0]
-    return len(errors), message, count
+    # the same failure with other numbers in it (an lr, a batch index) counts as one
+    kinds = [re.sub(r"\d+(\.\d+)?([eE][-+]?\d+)?", "#", e) for e in errors]
+    kind, count = collections.Counter(kinds).most_common(1)[0]
+    return len(errors), errors[kinds.index(kind)], count
 
 
 def _check_failures(study: Any, cap: int, first_trial: int) -> None:
