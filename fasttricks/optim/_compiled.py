@@ -32,6 +32,8 @@ __all__ = ["compiled_update", "compile_unavailable_reason"]
 _DECAY, _L2, _BETA1, _BETA2, _A, _B, _EPS, _EPS_ADD = range(8)
 
 _COMPILED: Any = None
+#: graphs kept for the compiled update (one per parameter layout and rule)
+RECOMPILE_LIMIT = 64
 
 
 def compile_unavailable_reason() -> str | None:
@@ -134,7 +136,11 @@ def compiled_update(
     p0 = params[0]
     dtype = torch.float64 if p0.dtype == torch.float64 else torch.float32
     hyper = torch.tensor(values, dtype=dtype, device=p0.device)
-    with warnings.catch_warnings():
+    from torch._dynamo import config as dynamo_config
+
+    # one graph per parameter layout (model, group, rule); torch's default limit of 8 graphs per
+    # function would silently send a process with more optimizers back to uncompiled maths
+    with warnings.catch_warnings(), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
         warnings.simplefilter("ignore", UserWarning)
         _compiled()(params, grads, exp_avgs, exp_avg_sqs, means, hyper, decoupled, l2,
                     adabelief, maximize)

@@ -328,7 +328,8 @@ class _RangerBase(torch.optim.Optimizer):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        compile_ = bool(state.pop("compile", False))
+        # load_state_dict also calls this (without the key): the instance keeps its own choice
+        compile_ = bool(state.pop("compile", self.__dict__.get("_compile", False)))
         super().__setstate__(state)
         self._compile = compile_
         for group in self.param_groups:  # optimizers pickled before these options existed
