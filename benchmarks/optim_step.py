@@ -4,9 +4,12 @@ Peers run in the same process, interleaved in a shuffled order every repetition,
 median over repetitions is reported together with the median per-repetition ratio to torch's
 fused AdamW (``torch.optim.AdamW(fused=True)``, one pass over parameters, gradients and moments:
 the floor an elementwise optimizer can reach). Each timed block is ``k=6`` steps, so every block
-contains exactly one Lookahead sync. Nothing is compiled (``compile_s`` is 0 for every peer).
-Results go to ``benchmarks/results/optim_step_<dev>.json``; the CUDA section runs where a GPU is
-present and is skipped otherwise.
+contains exactly one Lookahead sync. The rows marked ``compile=True`` run the Ranger family's
+compiled step; their compile cost is measured apart, in fresh processes: ``compile_s`` is the
+first step with an empty inductor cache, ``compile_warm_s`` the first step of a second fresh
+process on the now-filled cache (the benchmark's own compiled rows then start warm). Results go
+to ``benchmarks/results/optim_step_<dev>.json``; the CUDA section runs where a GPU is present
+and is skipped otherwise.
 
 On CPU two clocks are reported: wall-clock time with ``--threads`` threads (default 2), and
 process CPU time with one thread. On a machine shared with other jobs the wall clock mostly
@@ -16,6 +19,7 @@ Usage::
 
     PYTHONPATH=. python benchmarks/optim_step.py            # CPU, 2 threads (+ CUDA if present)
     PYTHONPATH=. python benchmarks/optim_step.py --reps 31 --device cpu
+    PYTHONPATH=. python benchmarks/optim_step.py --no-compile     # skip the compiled rows
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ import json
 import logging
 import platform
 import random
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +53,7 @@ from fasttricks.optim import create_optimizer
 log = logging.getLogger("optim_step")
 STEPS_PER_BLOCK = 6  # one Lookahead period
 BASELINE = "torch AdamW (fused)"
+RANGERS = ["ranger", "ranger_nogc", "rangeradabelief", "rangeradabelief_nogc"]
 
 
 def param_shapes(arch: str) -> list[tuple[int, ...]]:
@@ -66,16 +74,23 @@ def make_params(shapes: list[tuple[int, ...]], device: str, seed: int = 0) -> li
     return params
 
 
-def peers(device: str) -> dict[str, Callable[[list[torch.Tensor]], Any]]:
+def compiled_row(name: str) -> str:
+    return f"fasttricks {name} (compile=True)"
+
+
+def peers(device: str, compiled: bool = True) -> dict[str, Callable[[list[torch.Tensor]], Any]]:
     """name -> factory(params) returning an object with ``.step()``."""
     import fastai.optimizer as fo
 
     lr = 1e-3
     out: dict[str, Callable[[list[torch.Tensor]], Any]] = {
         f"fasttricks {name}": (lambda ps, name=name: create_optimizer(ps, name, lr))
-        for name in ["ranger", "ranger_nogc", "rangeradabelief", "rangeradabelief_nogc",
-                     "adamw", "sgd_nesterov"]
+        for name in [*RANGERS, "adamw", "sgd_nesterov"]
     }
+    if compiled:
+        for name in RANGERS:
+            out[compiled_row(name)] = (
+                lambda ps, name=name: create_optimizer(ps, name, lr, compile=True))
     out[BASELINE] = lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=0.01, fused=True)
     out["torch AdamW (foreach)"] = lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=0.01,
                                                                  foreach=True)
@@ -119,12 +134,43 @@ def time_block(opt: Any, device: str, clock: Callable[[], float]) -> float:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def compile_probe(name: str, device: str, arch: str) -> float:
+    """Seconds of the first step of ``name`` with ``compile=True`` (this process)."""
+    params = make_params(param_shapes(arch), device)
+    opt = create_optimizer(params, name, 1e-3, compile=True)
+    _sync(device)
+    start = time.perf_counter()
+    opt.step()
+    _sync(device)
+    if not opt.compile:
+        raise RuntimeError(f"{name}: the compiled step fell back to eager")
+    return time.perf_counter() - start
+
+
+def compile_times(device: str, arch: str, threads: int) -> dict[str, dict[str, float]]:
+    """Cold and warm-cache first-step seconds per compiled row, each in a fresh process that
+    shares this process's ``TORCHINDUCTOR_CACHE_DIR`` (empty before the first probe)."""
+    out = {}
+    for name in RANGERS:
+        row = {}
+        for kind in ("compile_s", "compile_warm_s"):
+            cmd = [sys.executable, __file__, "--probe", name, "--device", device,
+                   "--threads", str(threads), "--arch", arch]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                  env=os.environ.copy())
+            row[kind] = float(done.stdout.strip().splitlines()[-1])
+            log.info("%s %s: %.1f s", name, kind, row[kind])
+        out[compiled_row(name)] = row
+    return out
+
+
 def run(
-    device: str, arch: str, reps: int, clock: str = "wall", threads: int = 2, seed: int = 0
+    device: str, arch: str, reps: int, clock: str = "wall", threads: int = 2, seed: int = 0,
+    compiled: bool = True, compile_s: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     torch.set_num_threads(threads)
     shapes = param_shapes(arch)
-    factories = peers(device)
+    factories = peers(device, compiled)
     opts = {}
     for name, factory in factories.items():
         opts[name] = factory(make_params(shapes, device, seed))
@@ -146,7 +192,8 @@ def run(
             "ms_per_step_median": statistics.median(ts),
             "ms_per_step_min": min(ts),
             "ratio_to_fused_adamw_median": statistics.median(ratios),
-            "compile_s": 0.0,
+            "compiled": name.endswith("(compile=True)"),
+            **(compile_s or {}).get(name, {"compile_s": 0.0}),
             "samples_ms": ts,
         }
     n_params = sum(torch.Size(s).numel() for s in shapes)
@@ -161,11 +208,14 @@ def machine(device: str) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["| optimizer | ms/step (median) | x fused AdamW |", "|---|---:|---:|"]
+    lines = ["| optimizer | ms/step (median) | x fused AdamW | compile s (cold / warm) |",
+             "|---|---:|---:|---:|"]
     rows = sorted(result["results"].items(), key=lambda kv: kv[1]["ms_per_step_median"])
     for name, row in rows:
+        cost = (f"{row['compile_s']:.0f} / {row['compile_warm_s']:.0f}"
+                if row.get("compiled") else "-")
         lines.append(f"| {name} | {row['ms_per_step_median']:.2f} | "
-                     f"{row['ratio_to_fused_adamw_median']:.2f} |")
+                     f"{row['ratio_to_fused_adamw_median']:.2f} | {cost} |")
     return "\n".join(lines)
 
 
@@ -175,18 +225,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=21, help="repetitions (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: time one first compile
+    parser.add_argument("--arch", default="resnet18", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.probe:
+        torch.set_num_threads(args.threads)
+        print(compile_probe(args.probe, args.device, args.arch))
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    compiled = not args.no_compile
+    if compiled:
+        # a cache of our own, empty at the start, so the first probe measures a cold compile
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="optim_step_inductor_")
     devices = {"auto": ["cpu", "cuda"], "cpu": ["cpu"], "cuda": ["cuda"]}[args.device]
     if "cuda" in devices and not torch.cuda.is_available():
         log.info("no CUDA device: the CUDA section is skipped")
         devices.remove("cuda")
     for device in devices:
+        arch = "resnet18" if device == "cpu" else "resnet50"
+        costs = compile_times(device, arch, args.threads) if compiled else None
         if device == "cpu":
-            sections = {"wall": run("cpu", "resnet18", args.reps, "wall", args.threads),
-                        "cpu_time_1_thread": run("cpu", "resnet18", args.reps, "cpu", 1)}
+            sections = {"wall": run("cpu", arch, args.reps, "wall", args.threads, 0, compiled,
+                                    costs),
+                        "cpu_time_1_thread": run("cpu", arch, args.reps, "cpu", 1, 0, compiled,
+                                                 costs)}
         else:
-            sections = {"wall": run(device, "resnet50", args.reps, "wall", args.threads)}
+            sections = {"wall": run(device, arch, args.reps, "wall", args.threads, 0, compiled,
+                                    costs)}
         result = {"machine": machine(device), **sections}
         path = args.out / f"optim_step_{device}.json"
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")

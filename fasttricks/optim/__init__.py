@@ -29,7 +29,10 @@ Kernels: adamw runs torch's fused AdamW kernel (CPU and CUDA) with its own rule
 foreach kernels. Ranger's rectified steps run through the same fused kernel; RangerAdaBelief's
 through torch's fused SGD and Adam kernels on CPU (foreach on CUDA); RAdam's first
 un-rectified steps and anything the kernels cannot take (``fused=False``, non-contiguous or
-non-float tensors) use the foreach path.
+non-float tensors) use the foreach path. ``get_optimizer(name, compile=True)`` (the four Ranger
+names) runs each step as one ``torch.compile``d function instead: about fused AdamW's speed for
+every variant, after a compile of tens of seconds the first time (cached on disk); it falls back
+to the eager step, with one warning, where compiling fails. Keep the default for short fits.
 
 Example::
 

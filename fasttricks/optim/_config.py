@@ -101,6 +101,8 @@ class OptimizerConfig:
         """Keyword overrides accepted by ``get_optimizer``/``create_optimizer``."""
         extra = [k for k in ("maximize",) if k in self.optimizer.hyper_map
                  and k not in self.hyperparameters]
+        if getattr(self.optimizer, "compilable", False):
+            extra.append("compile")
         return (*self.hyperparameters, "true_wd", "bn_wd", *extra)
 
     # the cheatsheet's dictionary spelling: cfg["optimizer"], cfg["hyperparameters"],

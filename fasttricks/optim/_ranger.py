@@ -24,11 +24,14 @@ other devices, ``fused=False``, RangerAdaBelief on CUDA) the step is ``torch._fo
 parameters of a group that share device, dtype and step count, cut into cache-sized blocks on
 CPU. Complex parameters are updated as their real views, as ``torch.optim.RAdam`` does;
 gradient centralization takes the complex mean.
+
+``compile=True`` replaces all of this by one ``torch.compile``d update (``_compiled.py``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -36,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_range
+from ._compiled import compile_unavailable_reason, compiled_update, row_means
 from ._decay import apply_weight_decay, decays
 
 __all__ = ["Ranger", "RangerAdaBelief"]
@@ -146,6 +150,10 @@ def _row_slices(tensors: tuple[Tensor, ...], block_numel: int) -> list[tuple[Ten
     return [tuple(part[i] for part in parts) for i in range(len(parts[0]))]
 
 
+# (parameter, gradient, state, whether it decays) of one parameter in a step
+_Item = tuple[Tensor, Tensor, dict[str, Any], bool]
+
+
 def _real(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
@@ -161,6 +169,8 @@ def _centralize(grads: list[Tensor]) -> None:
 
 class _RangerBase(torch.optim.Optimizer):
     adabelief: ClassVar[bool] = False
+    #: takes ``compile=True`` (``get_optimizer(name, compile=True)`` accepts it)
+    compilable: ClassVar[bool] = True
     #: elements per cache block of the foreach path on CPU (results do not depend on it); an
     #: instance may override it
     block_numel: ClassVar[int] = BLOCK_NUMEL
@@ -183,8 +193,11 @@ class _RangerBase(torch.optim.Optimizer):
         bn_wd: bool,
         maximize: bool = False,
         fused: bool | None = None,
+        compile: bool = False,
     ) -> None:
         validate_ranger_args(lr, betas, eps, weight_decay, k, alpha)
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
         if fused and not _fused_kernels_available():
             raise RuntimeError("fused=True needs torch._fused_adamw_ and torch._fused_sgd_ "
                                f"(torch >= 2.4), this is torch {torch.__version__}")
@@ -194,18 +207,22 @@ class _RangerBase(torch.optim.Optimizer):
         if isinstance(params, Tensor):
             params = [params]
         super().__init__(params, defaults)
+        # how steps run, not a hyperparameter: kept out of the groups so that eager and compiled
+        # optimizers have the same state_dict (and survives pickling through __getstate__)
+        self._compile = compile
+        self._compile_error: str | None = None
+        if compile:
+            reason = compile_unavailable_reason()
+            if reason is not None:
+                self._compile_error = reason
+                warnings.warn(f"{type(self).__name__}(compile=True): {reason}; using the eager "
+                              "step", RuntimeWarning, stacklevel=3)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:  # optimizers pickled before these options existed
-            group.setdefault("maximize", False)
-            group.setdefault("fused", None)
-
-    def _collect(self, group: dict[str, Any]) -> dict[tuple[Any, ...], _Block]:
-        """The group's parameters with gradients, keyed by device/dtype/step, with gradient
-        centralization, maximize and L2 decay already applied to the gradients they carry."""
-        keyed: dict[tuple[Any, ...], list[tuple[Tensor, Tensor, dict[str, Any], bool]]] = {}
-        use_gc, bn_wd, wd = group["use_gc"], group["bn_wd"], group["weight_decay"]
+    def _gather(self, group: dict[str, Any]) -> dict[tuple[Any, ...], list[_Item]]:
+        """The group's parameters with gradients, keyed by device/dtype/step (state created and
+        step counts advanced; gradients untouched)."""
+        keyed: dict[tuple[Any, ...], list[_Item]] = {}
+        bn_wd, wd = group["bn_wd"], group["weight_decay"]
         for p in group["params"]:
             grad = p.grad
             if grad is None:
@@ -221,35 +238,37 @@ class _RangerBase(torch.optim.Optimizer):
             key = (p.device, p.dtype, state["step"])
             state["step"] += 1
             keyed.setdefault(key, []).append((p, grad, state, wd != 0 and decays(p, bn_wd)))
+        return keyed
+
+    def _prepare(self, group: dict[str, Any], items: list[_Item]) -> _Block:
+        """The eager path's block: gradient centralization, maximize and L2 decay applied to the
+        gradients it carries."""
+        use_gc, wd = group["use_gc"], group["weight_decay"]
         l2 = not group["true_wd"] and wd != 0
-        out: dict[tuple[Any, ...], _Block] = {}
-        for key, items in keyed.items():
-            grads = [g for _, g, _, _ in items]
-            if use_gc:
-                # in place on p.grad, as the reference implementations do (it is idempotent, so
-                # a second step on the same gradients centralizes nothing more)
-                _centralize([g for (p, g, _, _) in items if p.ndim > 1])
-            if group["maximize"]:
-                grads = torch._foreach_neg(grads)
-            if l2:
-                # L2 goes into a copy: p.grad keeps the gradient the backward pass made
-                idx = [i for i, (_, _, _, d) in enumerate(items) if d]
-                if idx:
-                    if not group["maximize"]:
-                        grads = list(grads)
-                    dec = torch._foreach_add([grads[i] for i in idx],
-                                             [items[i][0].detach() for i in idx], alpha=wd)
-                    if use_gc:
-                        _centralize([g for g in dec if g.ndim > 1])
-                    for i, g in zip(idx, dec):
-                        grads[i] = g
-            block = _Block()
-            for (p, _, state, decay), g in zip(items, grads):
-                tensors = (p.detach(), g, state["exp_avg"], state["exp_avg_sq"],
-                           state["slow_buffer"])
-                block.add(tuple(_real(t) for t in tensors), decay and not l2)
-            out[key] = block
-        return out
+        grads = [g for _, g, _, _ in items]
+        if use_gc:
+            # in place on p.grad, as the reference implementations do (it is idempotent, so
+            # a second step on the same gradients centralizes nothing more)
+            _centralize([g for (p, g, _, _) in items if p.ndim > 1])
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        if l2:
+            # L2 goes into a copy: p.grad keeps the gradient the backward pass made
+            idx = [i for i, (_, _, _, d) in enumerate(items) if d]
+            if idx:
+                grads = list(grads)  # a copy (torch._foreach_neg may return a tuple)
+                dec = torch._foreach_add([grads[i] for i in idx],
+                                         [items[i][0].detach() for i in idx], alpha=wd)
+                if use_gc:
+                    _centralize([g for g in dec if g.ndim > 1])
+                for i, g in zip(idx, dec):
+                    grads[i] = g
+        block = _Block()
+        for (p, _, state, decay), g in zip(items, grads):
+            tensors = (p.detach(), g, state["exp_avg"], state["exp_avg_sq"],
+                       state["slow_buffer"])
+            block.add(tuple(_real(t) for t in tensors), decay and not l2)
+        return block
 
     def _use_fused(self, group: dict[str, Any], block: _Block, rect: float | None) -> bool:
         if group.get("fused") is False or rect is None or not _fused_kernels_available():
@@ -266,28 +285,92 @@ class _RangerBase(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> Any:
         """One optimizer step; ``closure`` (optional) re-evaluates the model and returns the loss.
 
-        Like the reference implementations, gradient centralization is applied to ``p.grad`` in
-        place (it is idempotent); nothing else writes to ``p.grad``.
+        Like the reference implementations, the eager step applies gradient centralization to
+        ``p.grad`` in place (it is idempotent); nothing else writes to ``p.grad``, and the
+        compiled step (``compile=True``) leaves it unchanged.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for (_, _, prev_step), block in self._collect(group).items():
+            for (_, dtype, prev_step), items in self._gather(group).items():
                 step = prev_step + 1
                 rect = _rectification(step, group["betas"][1])
-                if self._use_fused(group, block, rect):
-                    self._fused_update(group, block, step, rect)  # type: ignore[arg-type]
-                else:
-                    on_cpu = block.params[0].device.type == "cpu"
-                    for piece in block.split(self.block_numel if on_cpu else _NO_LIMIT):
-                        self._foreach_update(group, piece, step, rect)
+                if not (self.compile and dtype in _FUSED_DTYPES
+                        and self._compiled_step(group, items, step, rect)):
+                    block = self._prepare(group, items)
+                    self._eager_update(group, block, step, rect)
                 if step % group["k"] == 0:
                     # lookahead: slow += alpha*(fast - slow); fast = slow
-                    torch._foreach_lerp_(block.slow, block.params, group["alpha"])
-                    torch._foreach_copy_(block.params, block.slow)
+                    params = [_real(p.detach()) for p, _, _, _ in items]
+                    slow = [_real(st["slow_buffer"]) for _, _, st, _ in items]
+                    torch._foreach_lerp_(slow, params, group["alpha"])
+                    torch._foreach_copy_(params, slow)
         return loss
+
+    def _eager_update(self, group: dict[str, Any], block: _Block, step: int,
+                      rect: float | None) -> None:
+        if self._use_fused(group, block, rect):
+            self._fused_update(group, block, step, rect)  # type: ignore[arg-type]
+        else:
+            on_cpu = block.params[0].device.type == "cpu"
+            for piece in block.split(self.block_numel if on_cpu else _NO_LIMIT):
+                self._foreach_update(group, piece, step, rect)
+
+    # ------------------------------------------------------------------ compiled step
+    @property
+    def compile(self) -> bool:
+        """Whether steps run through the compiled update (see ``compile=`` in the class doc)."""
+        return self.__dict__.get("_compile", False) and not self.__dict__.get("_compile_error")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["compile"] = self.__dict__.get("_compile", False)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # load_state_dict also calls this (without the key): the instance keeps its own choice
+        compile_ = bool(state.pop("compile", self.__dict__.get("_compile", False)))
+        super().__setstate__(state)
+        self._compile = compile_
+        for group in self.param_groups:  # optimizers pickled before these options existed
+            group.setdefault("maximize", False)
+            group.setdefault("fused", None)
+
+    def _compiled_step(self, group: dict[str, Any], items: list[_Item], step: int,
+                       rect: float | None) -> bool:
+        """The compiled update of ``items``; False (after one warning) when it cannot run."""
+        if any(p.is_complex() for p, _, _, _ in items):
+            return False  # complex parameters take the eager path
+        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+        beta1, beta2 = group["betas"]
+        l2_rule = not group["true_wd"]
+        params = [p.detach() for p, _, _, _ in items]
+        grads = [g for _, g, _, _ in items]
+        decayed = [d for _, _, _, d in items]
+        l2 = tuple(d and l2_rule for d in decayed)
+        decoupled = tuple(d and not l2_rule for d in decayed)
+        centralize = [group["use_gc"] and p.ndim > 1 for p in params]
+        means = row_means(grads, params, centralize, list(l2), wd, group["maximize"])
+        bias_correction1 = 1.0 - beta1**step
+        if rect is None:
+            a, b, eps_add = 0.0, lr / bias_correction1, 0.0
+        else:
+            a = lr * rect * math.sqrt(1.0 - beta2**step) / bias_correction1
+            b, eps_add = 0.0, eps
+        values = [1.0 - lr * wd, wd, beta1, beta2, a, b, eps, eps_add]
+        try:
+            compiled_update(params, grads, [st["exp_avg"] for _, _, st, _ in items],
+                            [st["exp_avg_sq"] for _, _, st, _ in items], means, values,
+                            decoupled, l2, self.adabelief, group["maximize"])
+        except Exception as err:  # noqa: BLE001  (no compiler, or inductor failed: run eager)
+            self._compile_error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+            warnings.warn(f"{type(self).__name__}(compile=True): torch.compile failed "
+                          f"({self._compile_error}); using the eager step from now on",
+                          RuntimeWarning, stacklevel=3)
+            return False
+        return True
 
     def _fused_update(self, group: dict[str, Any], b: _Block, step: int, rect: float) -> None:
         """A rectified step with torch's fused Adam kernels (one pass over the tensors).
@@ -400,6 +483,11 @@ class Ranger(_RangerBase):
         fused: rectified steps through torch's fused Adam kernel (``None``, the default: where
             it applies: CPU or CUDA, floating dtypes, contiguous tensors; ``False``: always the
             foreach path; ``True``: the same as None, but an error where torch lacks it).
+        compile: run each step through one ``torch.compile``d function over the parameter
+            lists (default False; see ``fasttricks.optim._compiled``): about fused AdamW's
+            speed for every variant, after a one-off compile per parameter layout (tens of
+            seconds cold, cached on disk). Without a working compiler it warns once and takes
+            the eager step. Complex parameters always take the eager step.
 
     Example::
 
@@ -427,9 +515,10 @@ class Ranger(_RangerBase):
         bn_wd: bool = False,
         maximize: bool = False,
         fused: bool | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, k, alpha, use_gc, true_wd, bn_wd,
-                         maximize, fused)
+                         maximize, fused, compile)
 
 
 class RangerAdaBelief(_RangerBase):
@@ -461,6 +550,7 @@ class RangerAdaBelief(_RangerBase):
         maximize: maximize the objective instead of minimizing (default False).
         fused: rectified steps through torch's fused kernels (``None``, the default: on CPU for
             floating dtypes and contiguous tensors; ``False``: always the foreach path).
+        compile: the compiled step, as in :class:`Ranger` (default False).
     """
 
     adabelief = True
@@ -480,6 +570,7 @@ class RangerAdaBelief(_RangerBase):
         bn_wd: bool = False,
         maximize: bool = False,
         fused: bool | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, k, alpha, use_gc, true_wd, bn_wd,
-                         maximize, fused)
+                         maximize, fused, compile)
