@@ -3,6 +3,7 @@ learner and recipe builders several test files use (``from conftest import ...``
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import pytest
@@ -14,6 +15,11 @@ from torch import nn
 torch.set_num_threads(1)
 
 N_IN, N_OUT = 5, 3
+
+# The test command also executes the recipe notebooks (nbmake, after tests/): their kernels
+# inherit this environment, and FASTTRICKS_QUICK=1 makes each notebook shrink its epochs, trials
+# and data. A notebook run alone under pytest is quick too (it sees PYTEST_CURRENT_TEST).
+os.environ.setdefault("FASTTRICKS_QUICK", "1")
 
 
 def pytest_collection_modifyitems(config, items):
