@@ -19,11 +19,17 @@ them alike. Reported per loader: median wall-clock images/s and images per CPU-s
 process plus workers, ``getrusage``: robust when other work shares the machine). Target:
 fasttricks at least as fast as the best peer.
 
+With ``--device cuda`` only the two fastai-style loaders run (fasttricks and fastai), with
+batches moved to the GPU and the batch transforms (``aug_transforms``, normalization) run there
+in the main process, as in GPU training; the clock stops after a CUDA synchronize.
+
 Usage::
 
     FASTTRICKS_BENCH_NOTE="..." PYTHONPATH=. python benchmarks/image_loader.py [--reps 3]
+    PYTHONPATH=. python benchmarks/image_loader.py --device cuda --per-class 100 --reps 2
 
-Writes ``benchmarks/results/image_loader.json``.
+Writes ``benchmarks/results/image_loader.json`` (``image_loader_cuda.json`` with ``--device
+cuda``).
 """
 
 from __future__ import annotations
@@ -60,7 +66,8 @@ def write_images(root: Path, n_classes: int = 10, per_class: int = 200, px: int 
     return root
 
 
-def fasttricks_loader(root: Path, bs: int, workers: int, size: int, presize: int):
+def fasttricks_loader(root: Path, bs: int, workers: int, size: int, presize: int,
+                      device: str = "cpu"):
     from fasttricks.recipes import build_dataloaders
 
     recipe = {"name": "bench", "data": {"name": "image_folder", "path": str(root), "size": size,
@@ -70,7 +77,7 @@ def fasttricks_loader(root: Path, bs: int, workers: int, size: int, presize: int
     import torch
 
     dls = build_dataloaders(recipe)
-    dls.to(torch.device("cpu"))
+    dls.to(torch.device(device))
     return dls.train
 
 
@@ -90,7 +97,8 @@ def torchvision_loader(root: Path, bs: int, workers: int, size: int, presize: in
                                        num_workers=workers)
 
 
-def fastai_loader(root: Path, bs: int, workers: int, size: int, presize: int):
+def fastai_loader(root: Path, bs: int, workers: int, size: int, presize: int,
+                  device: str = "cpu"):
     from fastai.vision.all import (CategoryBlock, DataBlock, ImageBlock, Normalize,
                                    RandomSplitter, Resize, aug_transforms, get_image_files,
                                    parent_label)
@@ -99,7 +107,7 @@ def fastai_loader(root: Path, bs: int, workers: int, size: int, presize: int):
                       get_y=parent_label, splitter=RandomSplitter(0.01, seed=0),
                       item_tfms=Resize(presize),
                       batch_tfms=[*aug_transforms(size=size), Normalize.from_stats(MEAN, STD)])
-    return block.dataloaders(root / "train", bs=bs, num_workers=workers, device="cpu").train
+    return block.dataloaders(root / "train", bs=bs, num_workers=workers, device=device).train
 
 
 def timm_loader(root: Path, bs: int, workers: int, size: int, presize: int):
@@ -115,6 +123,8 @@ def timm_loader(root: Path, bs: int, workers: int, size: int, presize: int):
 LOADERS = {"fasttricks": fasttricks_loader, "fastai": fastai_loader,
            "torchvision": torchvision_loader, "timm": timm_loader}
 PEERS = ("torchvision", "timm")
+#: loaders whose batch transforms run on the batch's device (the GPU-side augmentation path)
+DEVICE_LOADERS = ("fasttricks", "fastai")
 
 
 def _cpu_seconds() -> float:
@@ -123,12 +133,21 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def time_epoch(loader) -> dict:
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def time_epoch(loader, device: str = "cpu") -> dict:
     """Images/s (wall) and images per CPU-second for one pass over ``loader``."""
     n = 0
+    _sync(device)
     cpu, wall = _cpu_seconds(), time.perf_counter()
     for xb, _ in loader:
         n += len(xb)
+    _sync(device)
     wall, cpu = time.perf_counter() - wall, _cpu_seconds() - cpu
     return {"images": n, "wall_s": wall, "images_per_s": n / wall,
             "images_per_cpu_s": n / max(cpu, 1e-9), "batch_shape": list(xb.shape)}
@@ -143,24 +162,38 @@ def main() -> None:
     parser.add_argument("--workers", default="auto")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--presize", type=int, default=160)
-    parser.add_argument("--out", type=Path, default=RESULTS / "image_loader.json")
+    parser.add_argument("--per-class", type=int, default=200, help="images per class (10)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: batches and batch transforms on the GPU (fastai-style "
+                             "loaders only)")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda needs a CUDA GPU; none is available")
+    names = DEVICE_LOADERS if args.device == "cuda" else tuple(LOADERS)
+    args.out = args.out or RESULTS / ("image_loader_cuda.json" if args.device == "cuda"
+                                      else "image_loader.json")
     workers = resolve_num_workers(args.workers if args.workers == "auto" else int(args.workers))
-    runs: dict[str, list[dict]] = {name: [] for name in LOADERS}
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_images(Path(tmp))
+        root = write_images(Path(tmp), per_class=args.per_class)
         loaders = {}
-        for name, make in LOADERS.items():
+        for name in names:
+            extra = {"device": args.device} if args.device == "cuda" else {}
             try:
-                loaders[name] = make(root, args.bs, workers, args.size, args.presize)
+                loaders[name] = LOADERS[name](root, args.bs, workers, args.size, args.presize,
+                                              **extra)
             except Exception as err:  # noqa: BLE001 (a peer that cannot run offline is reported)
                 errors[name] = f"{type(err).__name__}: {err}"
         for name, loader in loaders.items():  # warm-up: page cache, imports, worker start
-            time_epoch(loader)
+            time_epoch(loader, args.device)
         for rep in range(args.reps):
             for name, loader in loaders.items():
-                runs[name].append(time_epoch(loader))
+                runs[name].append(time_epoch(loader, args.device))
                 print(f"rep {rep} {name:12s} {runs[name][-1]['images_per_s']:8.1f} img/s "
                       f"{runs[name][-1]['images_per_cpu_s']:8.1f} img/cpu-s", flush=True)
     summary = {}
@@ -175,11 +208,18 @@ def main() -> None:
         ft = summary["fasttricks"]
         for key in ("images_per_s", "images_per_cpu_s"):
             ft[f"{key}_ratio_to_best_peer"] = ft[key] / max(p[key] for p in peers)
-    result = {"machine": machine_info(workers=workers), "settings": vars(args) | {
+    gpu = None
+    if args.device == "cuda":
+        import torch
+
+        gpu = {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+    result = {"machine": machine_info(workers=workers, **(gpu or {})), "settings": vars(args) | {
         "out": str(args.out), "workers": workers}, "summary": summary, "runs": runs,
         "errors": errors}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2, default=str) + "\n")
+    if "fasttricks" in errors:
+        raise SystemExit(f"the fasttricks loader failed: {errors['fasttricks']}")
     for name, s in summary.items():
         extra = (f"  ({s['images_per_s_ratio_to_best_peer']:.2f}x best peer wall, "
                  f"{s['images_per_cpu_s_ratio_to_best_peer']:.2f}x per CPU-s)"
