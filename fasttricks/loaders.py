@@ -52,6 +52,15 @@ class ArrayDataset:
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[i], self.y[i]
 
+    @property
+    def loss_func(self) -> Any:
+        """The loss fastai would infer for these labels, so ``Learner(dls, model)`` needs no
+        ``loss_func=``: ``CrossEntropyLossFlat`` for one class per item (as fastai's
+        ``Categorize``), ``BCEWithLogitsLossFlat`` for multi-hot labels (``MultiCategorize``)."""
+        from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
+
+        return BCEWithLogitsLossFlat() if self.multilabel else CrossEntropyLossFlat()
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The items at ``idx`` as one ``(x, y)`` batch."""
         return self.x[idx], self.y[idx]

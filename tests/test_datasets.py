@@ -296,3 +296,20 @@ def test_model_errors_name_the_problem():
         create_model("cnn1d", 1, 10, kernel_size=4)
     with pytest.raises(KeyError, match="resnet18"):
         create_model("timm:resnet_18", 3, 10)
+
+
+def test_a_plain_learner_infers_the_loss_from_array_labels_as_fastai_does():
+    from fastai.learner import Learner
+    from fastai.losses import BCEWithLogitsLossFlat, CrossEntropyLossFlat
+
+    single = splits_dataloaders(load_dataset("digits"), bs=64)
+    learn = Learner(single, create_model("mlp", n_in=64, n_out=10))
+    assert isinstance(learn.loss_func, CrossEntropyLossFlat)
+    xb, yb = single.one_batch()
+    learn.model.eval()  # no dropout: the same outputs twice
+    expected = torch.nn.functional.cross_entropy(learn.model(xb), yb)
+    assert learn.loss_func(learn.model(xb), yb).item() == pytest.approx(expected.item(), rel=1e-6)
+    multi = splits_dataloaders(load_dataset("multilabel"), bs=64)
+    assert isinstance(Learner(multi, create_model("mlp", n_in=multi.one_batch()[0].shape[1],
+                                                  n_out=multi.one_batch()[1].shape[1])).loss_func,
+                      BCEWithLogitsLossFlat)
