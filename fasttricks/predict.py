@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fasttricks._errors import print_error
+
 __all__ = ["Predictions", "load_unlabelled", "main", "predict", "predict_probs",
            "write_predictions"]
 
@@ -505,9 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as err:
         if args.debug:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-        return 2
+        return print_error(err)
 
 
 if __name__ == "__main__":

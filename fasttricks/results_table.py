@@ -15,13 +15,13 @@ import argparse
 import json
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from fasttricks._errors import print_error
 from fasttricks._io import atomic_write_csv, atomic_write_text
 
 __all__ = ["find_runs", "main", "results_table", "to_markdown", "write_table"]
@@ -186,9 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyError, ValueError, OSError) as err:
         if args.debug:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return print_error(err)
     print(to_markdown(table), end="")
     skipped = table.attrs.get("skipped") or []
     note = f" ({len(skipped)} unfinished run(s) skipped)" if skipped else ""

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -57,15 +56,10 @@ _USER_ERRORS = (KeyError, TypeError, ValueError, FileNotFoundError, IsADirectory
                 NotADirectoryError, PermissionError, ImportError)
 
 
-# fastai prefixes an error raised inside a callback event with this; the cause is what matters
-_FASTAI_PREFIX = re.compile(r"^Exception occured in `[^`]*` when calling event `[^`]*`:\s*")
-
-
 def _error(err: BaseException, code: int = 2) -> int:
-    message = err.args[0] if isinstance(err, KeyError) and err.args else err
-    text = _FASTAI_PREFIX.sub("", " ".join(str(message).split())) or type(err).__name__
-    print(f"error: {text}", file=sys.stderr)
-    return code
+    from fasttricks._errors import print_error
+
+    return print_error(err, code)
 
 
 def _saved_so_far(args: argparse.Namespace) -> str:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from fasttricks._errors import print_error
 
 __all__ = ["main"]
 
@@ -136,6 +137,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _USER_ERRORS as err:
         if args.debug:
             raise
-        msg = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+        return print_error(err)

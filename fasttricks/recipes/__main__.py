@@ -17,6 +17,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from fasttricks._errors import print_error
+
 __all__ = ["main"]
 
 
@@ -73,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, KeyError, ValueError) as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return print_error(err)
 
 
 if __name__ == "__main__":

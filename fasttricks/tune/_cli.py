@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fasttricks._errors import error_line
+
 __all__ = ["build_parser", "main", "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = "digits"
@@ -240,8 +242,7 @@ def _fail(args: argparse.Namespace, err: BaseException, code: int,
     """
     if args.debug:
         raise err
-    message = err.args[0] if isinstance(err, KeyError) and err.args else err
-    text = " ".join(str(message).split()) or type(err).__name__
+    text = error_line(err)
     if not expected:
         text = f"{type(err).__name__}: {text} (--debug shows the traceback)"
     print(f"error: {text}", file=sys.stderr)
