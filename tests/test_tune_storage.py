@@ -269,26 +269,131 @@ def test_a_failed_append_is_cut_back_off_so_the_journal_stays_whole(tmp_path):
     assert len(records) == 1 + 4 * 3
 
 
-def test_a_garbled_middle_line_stops_with_file_line_and_fix(tmp_path):
-    path = tmp_path / "journal.log"
-    _quadratic_study(path, 3)
+GARBLED = b'{"op_code": 5, "worker_id": "\xff\xfe garbled\n'
+
+
+def _two_worker_study(path, n_trials):
+    """A real study with two threads (two Optuna workers) interleaving their records: per trial
+    a create, two params, an intermediate value, a user attribute and the final state."""
+    import time
+
+    study = optuna.create_study(study_name="q", storage=make_storage(str(path)),
+                                sampler=optuna.samplers.RandomSampler(0))
+
+    def objective(trial):
+        x, y = trial.suggest_float("x", -1, 1), trial.suggest_int("y", 0, 9)
+        time.sleep(0.02)  # both threads hold a running trial at the same time
+        trial.report(x, 0)
+        trial.set_user_attr("tag", trial.number)
+        return x * x + y
+
+    study.optimize(objective, n_trials=n_trials, n_jobs=2)
+    return {t.number: (t.params, t.value) for t in study.trials}
+
+
+def _garble(path, line_number):
     lines = path.read_bytes().splitlines(keepends=True)
-    lines[5] = b'{"op_code":5,"wor{"op_code":4,"worker_id":"x"}\n'  # two records glued
-    damaged = b"".join(lines)
-    path.write_bytes(damaged)
+    lines[line_number - 1] = GARBLED
+    path.write_bytes(b"".join(lines))
+    return b"".join(lines)
+
+
+def _running_at(records, line_number):
+    """Trial ids created before ``line_number`` (1-based) whose final state comes after it,
+    worked out from the records alone (trial id = order of the create records)."""
+    created = [i for i, r in enumerate(records[: line_number - 1]) if r["op_code"] == 4]
+    ids = range(len(created))
+    finished = {r["trial_id"] for r in records[: line_number - 1]
+                if r["op_code"] == 6 and r["state"] != 0}
+    return {t for t in ids if t not in finished}
+
+
+def test_a_garbled_middle_line_is_dropped_and_the_records_after_it_kept(tmp_path, caplog):
+    path = tmp_path / "journal.log"
+    _quadratic_study(path, 3)  # lines: study, then create, param, complete per trial
+    original = {t.number: (t.params, t.value)
+                for t in optuna.load_study(study_name="q", storage=make_storage(str(path))).trials}
+    damaged = _garble(path, 6)  # trial 1's parameter
+    with caplog.at_level(logging.WARNING, logger="fasttricks.tune._storage"):
+        study = optuna.load_study(study_name="q", storage=make_storage(str(path)))
+    assert f"journal file {path}: line 6 of 10 was unreadable; dropped 1 line(s) (line 6: " in caplog.text
+    assert "1 later record(s) of trial(s) 1" in caplog.text and "kept the other 8" in caplog.text
+    assert _backups(path)[0].read_bytes() == damaged
+    # trial 1 lost its parameter and then its final state; trials 0 and 2 are whole
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING,
+                                               TrialState.COMPLETE]
+    assert [(t.params, t.value) for t in study.trials if t.number != 1] == [original[0],
+                                                                          original[2]]
+    assert len(_records(path)) == 8
+    # the study goes on: two more trials append whole records
+    _quadratic_study(path, 2)
+    reread = optuna.load_study(study_name="q", storage=make_storage(str(path)))
+    assert len(reread.trials) == 5 and reread.trials[2].params == original[2][0]
+
+
+@pytest.mark.parametrize("where", [0.4, 0.6, 0.8])
+def test_with_two_workers_only_the_trials_running_at_the_damage_are_lost(tmp_path, where):
+    path = tmp_path / "journal.log"
+    original = _two_worker_study(path, 8)
+    records = _records(path)
+    # a record about a trial in the middle (not a create, which the next test covers)
+    line = next(n for n in range(int(len(records) * where), len(records))
+                if records[n - 1]["op_code"] not in (0, 4))
+    lost = _running_at(records, line)
+    assert 1 <= len(lost) <= 2
+    _garble(path, line)
+    study = optuna.load_study(study_name="q", storage=make_storage(str(path)))
+    assert len(study.trials) == 8
+    kept = {t.number: (t.params, t.value) for t in study.trials
+            if t.state == TrialState.COMPLETE}
+    assert set(kept) == set(range(8)) - lost
+    assert all(kept[n] == original[n] for n in kept)  # params and values as they were
+    assert {t.number for t in study.trials if t.state == TrialState.RUNNING} == lost
+
+
+def test_a_garbled_trial_creation_falls_back_to_the_records_before_it(tmp_path):
+    path = tmp_path / "journal.log"
+    original = _two_worker_study(path, 6)
+    records = _records(path)
+    creates = [n for n, r in enumerate(records, start=1) if r["op_code"] == 4]
+    line = creates[3]  # trial id 3: every later trial's id would shift by one
+    damaged = _garble(path, line)
     with pytest.raises(StorageError) as info:
         make_storage(str(path))
     message = str(info.value)
-    assert "\n" not in message
-    assert str(path) in message and "line 6 of 10" in message
-    assert "repair_journal" in message and ".bak-" in message
+    assert "\n" not in message and f"line {line} of {len(records)}" in message
+    assert "depends on what it held" in message and "repair_journal" in message
     assert path.read_bytes() == damaged and not _backups(path)  # nothing written
-    # the fix the message names keeps the records before the damage, with a backup
-    check = repair_journal(path)
-    assert check.bad_line is None and check.records == 5  # study, trial 0, trial 1 started
+    check = repair_journal(path)  # the named fix: the records before the damage, a backup
+    assert check.bad_line is None and check.records == line - 1
     assert _backups(path)[0].read_bytes() == damaged
     study = optuna.load_study(study_name="q", storage=make_storage(str(path)))
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    before = records[: line - 1]
+    done = {r["trial_id"] for r in before if r["op_code"] == 6 and r["state"] == 1}
+    assert len(study.trials) == sum(r["op_code"] == 4 for r in before) == 3
+    assert {t.number for t in study.trials if t.state == TrialState.COMPLETE} == done
+    assert all((t.params, t.value) == original[t.number] for t in study.trials
+               if t.number in done)
+
+
+def test_a_garbled_start_of_an_enqueued_trial_drops_that_trials_later_records(tmp_path):
+    path = tmp_path / "journal.log"
+    study = optuna.create_study(study_name="q", storage=make_storage(str(path)))
+    for x in (0.1, 0.2):
+        study.enqueue_trial({"x": x})
+    study.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2, n_trials=3)
+    records = _records(path)
+    # the second enqueued trial (id 1) is popped: state RUNNING, written by the worker
+    line = next(n for n, r in enumerate(records, start=1)
+                if r["op_code"] == 6 and r["trial_id"] == 1 and r["state"] == 0)
+    _garble(path, line)
+    study = optuna.load_study(study_name="q", storage=make_storage(str(path)))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.WAITING,
+                                               TrialState.COMPLETE]
+    assert study.trials[0].params == {"x": 0.1}
+    # the waiting trial is run again with its enqueued value
+    study.optimize(lambda t: t.suggest_float("x", -1, 1) ** 2, n_trials=1)
+    assert study.trials[1].state == TrialState.COMPLETE and study.trials[1].params == {"x": 0.2}
 
 
 def test_a_line_garbled_while_open_names_the_file_and_line(tmp_path):

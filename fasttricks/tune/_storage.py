@@ -18,11 +18,15 @@
 A damaged journal. A writer killed in the middle of a record, or a full disk, leaves a last
 line without its newline. Optuna skips such a line when reading but appends the next record
 right after it, which glues two records into one unreadable line and makes the whole study
-unreadable. Here the journal is scanned when it is opened: a damaged last line is copied away
-(``journal.log.bak-<time>``) and dropped, with a warning; a damaged line before the last one
-stops with :class:`StorageError` naming the file, the line and the fix, since later records
-build on it. Every append checks, under the lock, that the file ends with a newline, and a
-failed append (disk full) is cut back off, so no process writes after a partial record.
+unreadable. Here the journal is scanned when it is opened, and damaged lines are dropped with a
+warning naming the file and the lines (the damaged file is copied to ``journal.log.bak-<time>``):
+a damaged last line simply goes; after a damaged line in the middle, the later records are kept
+when they still replay as written (the trials that were running at the damage lose their later
+records and are run again, see :func:`_plan_repair`). When later records depend on the damaged
+line (it created a trial they refer to), opening stops with :class:`StorageError` naming the
+file, the line and the fix (:func:`repair_journal`, which keeps the records before it).
+Every append checks, under the lock, that the file ends with a newline, and a failed append
+(disk full) is cut back off, so no process writes after a partial record.
 
 Every message shows a URL with its password masked (:func:`mask_url`).
 """
@@ -265,12 +269,12 @@ def _foreign_file_message(path: Path, first_line: bytes) -> str:
             f"journal record) and is left untouched: {hint}")
 
 
-def _damage_message(check: JournalCheck) -> str:
+def _damage_message(check: JournalCheck, why: str = "") -> str:
     path = str(check.path)
-    after = check.lines - check.bad_line
+    why = why or f"the {check.lines - check.bad_line} record(s) after it may build on it"
     return (
         f"journal file {path!r} is damaged at line {check.bad_line} of {check.lines} "
-        f"({check.reason}); the {after} record(s) after it build on it, so it is not dropped. "
+        f"({check.reason}); it is not dropped on its own: {why}. "
         f"Fix: restore a backup copy ({path}{BACKUP_INFIX}*) if there is one, or keep the "
         f"{check.records} record(s) before line {check.bad_line} (a backup is kept) with: "
         f"python -c \"from fasttricks.tune._storage import repair_journal; "
@@ -297,14 +301,176 @@ def _lock_for(path: Path) -> Any:
     return JournalFileSymlinkLock(str(path))
 
 
-def repair_journal(path: str | os.PathLike[str], *, lock: Any = None) -> JournalCheck:
-    """Cut a journal back to its readable records: everything from the first unreadable line on
-    is dropped, after copying the file to ``<path>.bak-<time>``.
+# Optuna's journal operations (optuna/storages/journal/_storage.py, JournalOperation) and trial
+# states (TrialState: RUNNING 0, COMPLETE 1, PRUNED 2, FAIL 3, WAITING 4).
+_CREATE_STUDY, _DELETE_STUDY, _CREATE_TRIAL, _SET_TRIAL_STATE, _DISCARD_TRIALS = 0, 1, 4, 6, 10
+_STUDY_OPS = frozenset({1, 2, 3})
+_TRIAL_OPS = frozenset({5, 6, 7, 8, 9})
+_RUNNING, _FAIL, _WAITING = 0, 3, 4
+_FINISHED = frozenset({1, 2, 3})
 
-    An append-only journal replayed up to any line is a study as it was at that moment, so the
-    result is always a consistent study (the trials recorded after the damage are lost; they
-    stay in the backup). A file without damage is left alone. Runs under the journal's lock, so
-    it is safe while other processes use the study.
+
+class _Replay:
+    """What Optuna's replay (``JournalStorageReplayResult.apply_logs``) does with the ids a
+    journal's records refer to, and whether each record takes effect as its writer meant.
+
+    Optuna numbers studies and trials by the order of their create records (a trial's id is
+    the count of trials created before it), so a record that refers to trial 7 means "the 8th
+    trial created". Optuna silently ignores a record of another process that refers to a
+    missing or finished trial; in an undamaged journal the records of a trial come from the
+    worker that created it (or popped it from WAITING), except a FAIL written for a dead worker,
+    and a waiting trial gets nothing but its start (or a FAIL).
+    """
+
+    def __init__(self) -> None:
+        self.studies: dict[int, str] = {}
+        self.next_study = 0
+        self.trials: list[dict[str, Any]] = []  # study, number, owner, state
+
+    def unfinished(self, state: int | None = None) -> set[int]:
+        return {i for i, t in enumerate(self.trials)
+                if t["state"] not in _FINISHED and (state is None or t["state"] == state)}
+
+    def apply(self, record: dict[str, Any]) -> str:
+        """Apply ``record``; return why it would not take effect as written ("" when it does)."""
+        try:
+            return self._apply(record["op_code"], record.get("worker_id"), record)
+        except (KeyError, TypeError, ValueError) as err:
+            return f"the record lacks a field Optuna needs ({type(err).__name__}: {err})"
+
+    def _apply(self, op: int, worker: Any, record: dict[str, Any]) -> str:
+        if op == _CREATE_STUDY:
+            if record["study_name"] not in self.studies.values():  # a repeat is a no-op
+                self.studies[self.next_study] = record["study_name"]
+                self.next_study += 1
+            return ""
+        if op in _STUDY_OPS or op == _CREATE_TRIAL:
+            study = record["study_id"]
+            if study not in self.studies:
+                return f"it refers to study id {study}, which does not exist at that point"
+            if op == _DELETE_STUDY:
+                del self.studies[study]
+            elif op == _CREATE_TRIAL:
+                number = sum(1 for t in self.trials if t["study"] == study)
+                self.trials.append({"study": study, "number": number, "owner": worker,
+                                    "state": int(record.get("state", _RUNNING))})
+            return ""
+        if op == _DISCARD_TRIALS:
+            return ""
+        if op not in _TRIAL_OPS:
+            return f"unknown op_code {op}"
+        trial_id = record["trial_id"]
+        if not isinstance(trial_id, int) or not 0 <= trial_id < len(self.trials):
+            return f"it refers to trial id {trial_id}, which does not exist at that point"
+        trial = self.trials[trial_id]
+        if trial["state"] in _FINISHED:
+            return f"it updates trial {trial['number']} after that trial finished"
+        if op == _SET_TRIAL_STATE:
+            state = int(record["state"])
+            if state == _RUNNING:  # a waiting (enqueued) trial is popped by a worker
+                if trial["state"] != _WAITING:
+                    return f"it starts trial {trial['number']}, which is not waiting"
+                trial["owner"] = worker
+            foreign = worker != trial["owner"] and state != _FAIL
+            trial["state"] = state  # Optuna applies it either way
+        elif trial["state"] == _WAITING:
+            return f"it updates trial {trial['number']}, which has not started"
+        else:
+            foreign = worker != trial["owner"]
+        if foreign:
+            return f"it is written by a worker that does not run trial {trial['number']}"
+        return ""
+
+
+@dataclass(frozen=True)
+class _RepairPlan:
+    """How to repair a damaged journal: keep ``kept`` (bytes) and say ``summary``.
+
+    ``truncates``: the records from the first damaged line on are all dropped (records after
+    it depend on what it may have held: ``why``); otherwise only the damaged lines and the later
+    records of the trials that were running when they were written are dropped.
+    """
+
+    kept: bytes
+    truncates: bool
+    summary: str
+    why: str = ""
+
+
+def _plan_repair(path: Path, check: JournalCheck) -> _RepairPlan:
+    """Drop the unreadable lines and what depends on them, keeping every record after them that
+    still replays as it was written; or, when that is not possible, keep only the records before
+    the first unreadable line.
+
+    An unreadable line may have held anything. Records after it are checked by replaying them
+    (:class:`_Replay`): each must refer to a study or trial that exists and is not finished,
+    written by the worker that runs the trial. A line that created a trial shifts the ids of all
+    later trials, which that check catches; then only truncation is consistent. A line about a
+    running trial (a parameter, an attribute, its final state) leaves no such trace, so the
+    trials that were running when the line was written lose their later records: they stay
+    unfinished (RUNNING), as if their worker had been killed there, and are run again. A
+    waiting trial whose start may have been on the damaged line is treated the same way.
+    """
+    lines = path.read_bytes().splitlines(keepends=True)
+    bad = {n: _record_problem(line) for n, line in enumerate(lines, start=1)}
+    bad = {n: problem for n, problem in bad.items() if problem}
+    first = min(bad)
+    prefix = b"".join(lines[: first - 1])
+    suspects: set[int] = set()
+    while True:
+        replay = _Replay()
+        kept: list[bytes] = []
+        in_flight: set[int] = set()  # running when a damaged line was written: later ones drop
+        unfinished: set[int] = set()  # running or waiting then: dropped if a later record fails
+        dependent = 0
+        failure = None
+        for number, line in enumerate(lines, start=1):
+            if number in bad:
+                in_flight |= replay.unfinished(_RUNNING)
+                unfinished |= replay.unfinished()
+                continue
+            record = json.loads(line)
+            trial_id = record.get("trial_id") if record["op_code"] in _TRIAL_OPS else None
+            if number > first and trial_id in in_flight | suspects:
+                dependent += 1
+                continue
+            problem = replay.apply(record)
+            if problem and number > first:
+                failure = (number, problem, trial_id)
+                break
+            kept.append(line)
+        if failure is None:
+            break
+        number, problem, trial_id = failure
+        if trial_id in unfinished and trial_id not in suspects:
+            suspects.add(trial_id)  # it may have been started on the damaged line: drop its rest
+            continue
+        why = f"line {number} depends on what it held ({problem})"
+        return _RepairPlan(prefix, True, f"dropped the {len(lines) - first + 1} line(s) from "
+                           f"line {first} on, since {why}, and kept the {first - 1} record(s) "
+                           f"before it", why)
+    lost = sorted({replay.trials[i]["number"] for i in in_flight | suspects})
+    numbers = ", ".join(str(n) for n in sorted(bad))
+    summary = f"dropped {len(bad)} line(s) (line {numbers}: {bad[first]})"
+    if dependent:
+        summary += (f" and the {dependent} later record(s) of trial(s) "
+                    f"{', '.join(map(str, lost))}, which may have lost a record there (they stay "
+                    f"unfinished and are run again)")
+    summary += f"; kept the other {len(kept)} record(s)"
+    return _RepairPlan(b"".join(kept), False, summary)
+
+
+def repair_journal(path: str | os.PathLike[str], *, lock: Any = None) -> JournalCheck:
+    """Repair a damaged journal, after copying it to ``<path>.bak-<time>``, losing as little as
+    a consistent study allows.
+
+    Unreadable lines are dropped, with the later records of the trials that were running when
+    they were written; every other record after them is kept when it still replays as written
+    (see :func:`_plan_repair`). When it does not (the damaged line created a trial or a study
+    that later records refer to), the journal is cut back to the records before the first
+    unreadable line: an append-only journal replayed up to any line is the study as it was at
+    that moment. Either way the warning names the file, the lines and the backup. A file
+    without damage is left alone. Runs under the journal's lock.
 
     Args:
         path: the journal file.
@@ -321,21 +487,21 @@ def repair_journal(path: str | os.PathLike[str], *, lock: Any = None) -> Journal
         check = check_journal(path)
         if check.bad_line is None:
             return check
-        backup = _backup(path)
-        with open(path, "r+b") as f:
-            f.truncate(check.good_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-        dropped = check.lines - check.records
-        _logger.warning(
-            "journal file %s: line %d of %d was unreadable (%s); dropped %d line(s) from there "
-            "on and kept the %d readable record(s); the damaged file is saved as %s",
-            path, check.bad_line, check.lines, check.reason, dropped, check.records, backup)
+        _apply_repair(path, check, _plan_repair(path, check))
         return check_journal(path)
 
 
+def _apply_repair(path: Path, check: JournalCheck, plan: _RepairPlan) -> None:
+    """Under the lock: back the file up, write the kept records in its place (atomically)."""
+    backup = _backup(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(plan.kept)
+    _logger.warning("journal file %s: line %d of %d was unreadable; %s; the damaged file is "
+                    "saved as %s", path, check.bad_line, check.lines, plan.summary, backup)
+
+
 def _open_journal_checked(path: Path, lock: Any) -> None:
-    """Refuse or repair a journal before Optuna reads it (see the module docstring)."""
+    """Repair or refuse a journal before Optuna reads it (see the module docstring)."""
     check = check_journal(path)
     if check.bad_line is None:
         return
@@ -345,13 +511,12 @@ def _open_journal_checked(path: Path, lock: Any) -> None:
 
     with get_lock_file(lock):
         check = check_journal(path)
-    if check.bad_line is None:
-        return
-    if not check.damaged_tail:
-        raise StorageError(_damage_message(check))
-    check = repair_journal(path, lock=lock)
-    if check.bad_line is not None:  # written again in between, now damaged elsewhere
-        raise StorageError(_damage_message(check))
+        if check.bad_line is None:
+            return
+        plan = _plan_repair(path, check)
+        if plan.truncates and not check.damaged_tail:
+            raise StorageError(_damage_message(check, plan.why))
+        _apply_repair(path, check, plan)
 
 
 def _journal_backend_class() -> type:
