@@ -9,9 +9,12 @@ Faults (each ``--runs`` times, default 2):
   workers at a random point of ``python -m fasttricks.tune`` (PostgreSQL only where initdb is
   available, see ``tests/pg_cluster.py``); re-running must reach ``--n-trials`` finished trials
   without losing a finished one or repeating parameters.
-- ``journal truncated`` / ``journal garbled``: the last record cut at a random byte, or a
-  record in the middle replaced by junk; re-running repairs the tail (saying so), or stops
-  naming the file and the fix, which is then applied.
+- ``journal truncated`` / ``journal garbled``: in a finished study's journal, the last record
+  cut at a random byte, or a random line of the middle half replaced by junk; re-running
+  repairs it (saying so): the cut record goes, a garbled line goes with the later records of
+  the trial running there, or, when later records depend on it (it created a trial), the
+  command stops naming the file and the fix, which is then applied (keeping the records
+  before it).
 - ``disk full (RLIMIT_FSIZE)``: training under a file-size limit too small for ``model.pth``;
   the previous run must stay whole, and the command must fail in one line.
 - ``NaN data`` / ``diverging lr``: an inf column / SGD at lr=100; the command must refuse in one
@@ -22,10 +25,17 @@ for the last three) ends with a whole, correct result: the run folder reads back
 (:func:`fasttricks.runs.read_run`) and its ``model.pth`` reproduces the saved test score; the
 study has exactly ``n_trials`` finished trials. Lost work = finished units (a previous whole
 run, finished folds, finished trials) that were gone or redone after recovery. Duplicated =
-finished trials whose parameters repeat another's.
+finished trials whose parameters repeat another's. A run that does not recover records why in
+its row's ``failures`` (the failing command's last error line, or the check that failed).
+
+Each command pays Python's and fastai's imports (most of its time), so the benchmark starts as
+few as it can: the previous whole run (train killed, disk full) is trained once and copied, the
+finished study (journal rows) is tuned once and copied, and that first tuning command's time
+sets the kill points of the tuning rows (one training command's, those of the k-fold row).
 
 Usage: ``python benchmarks/faults.py [--runs 2] [--seed 0]``; writes
-``benchmarks/results/faults.json``. Tiny recipes keep it to a few minutes on two CPU cores.
+``benchmarks/results/faults.json``. A tiny recipe (one epoch) and three trials keep it to a
+few minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -59,14 +69,14 @@ RECIPE = {
     "data": {"name": "digits", "bs": 64},
     "model": {"name": "cnn2d", "channels": [4, 8]},
     "optimizer": {"name": "adamw", "lr": 5e-3},
-    "schedule": {"epochs": 2},
+    "schedule": {"epochs": 1},
     "metrics": ["accuracy"],
     "seed": 0,
     "fp16": False,
 }
 SPACE = {"optimizer.lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True},
          "optimizer.wd": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}}
-N_TRIALS = 4
+N_TRIALS = 3
 KFOLD_RESULT = "result.json"  # written last by a finished k-fold run
 
 
@@ -168,6 +178,30 @@ def duplicates(done: dict[int, tuple]) -> int:
 # ------------------------------------------------------------------------------ faults
 
 
+def last_error(text: str) -> str:
+    """Why a command failed: its last ``error:`` line, else its last non-empty line (the last
+    line of a traceback)."""
+    lines = error_lines(text) or [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1].strip()[:300] if lines else "(no output)"
+
+
+class Outcome:
+    """One run of a fault: recovered or not (and why not), lost and duplicated units."""
+
+    def __init__(self, recovered: bool, lost: int = 0, duplicated: int = 0, why: str = "",
+                 note: str = "") -> None:
+        self.recovered, self.lost, self.duplicated = recovered, lost, duplicated
+        self.why = "" if recovered else (why or "the result was not whole")
+        self.note = note
+
+
+def _check(rc: int | None, text: str, ok: bool, broken: str) -> tuple[bool, str]:
+    """(recovered, why not): a failing command's last error line, else ``broken``."""
+    if rc != 0:
+        return False, f"exit {rc}: {last_error(text)}"
+    return ok, "" if ok else broken
+
+
 class Bench:
     def __init__(self, work: Path, rng: random.Random) -> None:
         self.work, self.rng = work, rng
@@ -176,6 +210,7 @@ class Bench:
         self.space = work / "faults.space.yaml"
         self.space.write_text(yaml.safe_dump(SPACE))
         self.durations: dict[str, float] = {}
+        self.whole: dict[str, Path] = {}  # a finished run folder / study journal to start from
 
     def train_args(self, out: Path, *extra: str) -> list[str]:
         return ["-m", "fasttricks.train", str(self.recipe), "--out", str(out), "--no-progress",
@@ -196,46 +231,63 @@ class Bench:
     def kill_point(self, key: str) -> float:
         return self.rng.uniform(0.2, 1.0) * self.durations[key]
 
-    # each returns (recovered, lost, duplicated)
+    def previous_run(self, out: Path) -> None:
+        """A previous whole run in ``out/faults``: trained once, then copied."""
+        if "train" not in self.whole:
+            first = self.work / "train-whole"
+            rc, text = self.timed("train", self.train_args(first), self.work)
+            assert rc == 0, text
+            self.whole["train"] = first / "faults"
+        shutil.copytree(self.whole["train"], out / "faults")
 
-    def train_killed(self, i: int) -> tuple[bool, int, int]:
+    def finished_study(self, cwd: Path) -> str:
+        """A study of ``N_TRIALS`` finished trials under ``cwd/runs`` (its journal copied from
+        one tuned once); returns its name."""
+        name = "faults-study"
+        if "study" not in self.whole:
+            first = self.work / "study-whole"
+            first.mkdir()
+            rc, text = self.timed("journal", self.tune_args(name), first)
+            assert rc == 0, text
+            self.whole["study"] = first / "runs" / name / "journal.log"
+        (cwd / "runs" / name).mkdir(parents=True)
+        shutil.copyfile(self.whole["study"], cwd / "runs" / name / "journal.log")
+        return name
+
+    def train_killed(self, i: int) -> Outcome:
         out = self.work / f"train{i}"
-        rc, text = self.timed("train", self.train_args(out), self.work)
-        assert rc == 0, text
+        self.previous_run(out)
         before = fingerprint_run(out / "faults")
         run(self.train_args(out, "--set", "seed=1"), self.work,
             kill_after=self.kill_point("train"))
         # still the previous whole run (or, if the kill came late, the new whole run)
         intact = fingerprint_run(out / "faults") == before or whole_run(out / "faults")
-        lost = 0 if intact else 1
         rc, text = run(self.train_args(out, "--set", "seed=1"), self.work)
-        return rc == 0 and whole_run(out / "faults"), lost, 0
+        ok, why = _check(rc, text, whole_run(out / "faults"), "the new run is not whole")
+        return Outcome(ok, 0 if intact else 1, why=why)
 
-    def kfold_killed(self, i: int) -> tuple[bool, int, int]:
+    def kfold_killed(self, i: int) -> Outcome:
         out = self.work / f"kfold{i}"
         args = self.train_args(out, "--kfold", "3")
-        if "kfold" not in self.durations:
-            rc, text = self.timed("kfold", args, self.work)
-            assert rc == 0, text
-            shutil.rmtree(out)
-        run(args, self.work, kill_after=self.kill_point("kfold"))
+        if "train" not in self.durations:
+            self.previous_run(self.work / "kfold-probe")
+        # the kill point is drawn over one training command's time plus two more fits
+        run(args, self.work, kill_after=self.kill_point("train") * 1.2)
         folder = out / "faults" / "kfold"
         snap = {p: p.stat().st_mtime_ns for p in folder.rglob("*.pth")} if folder.exists() else {}
         rc, text = run(args, self.work)
         lost = sum(1 for p, m in snap.items() if not p.exists() or p.stat().st_mtime_ns != m)
-        return rc == 0 and (folder / KFOLD_RESULT).is_file(), lost, 0
+        ok, why = _check(rc, text, (folder / KFOLD_RESULT).is_file(), f"no {KFOLD_RESULT}")
+        return Outcome(ok, lost, why=why)
 
-    def tune_killed(self, i: int, storage: str | None, key: str) -> tuple[bool, int, int]:
+    def tune_killed(self, i: int, storage: str | None, key: str) -> Outcome:
         cwd = self.work / f"{key}{i}"
         cwd.mkdir()
         name = f"faults-{key}-{i}"
         args = self.tune_args(name, storage)
-        if key not in self.durations:
-            probe = self.work / f"{key}-probe"
-            probe.mkdir()
-            rc, text = self.timed(key, self.tune_args(f"{name}-probe", storage), probe)
-            assert rc == 0, text
-        run(args, cwd, kill_after=self.kill_point(key))
+        if "journal" not in self.durations:
+            self.finished_study(self.work / "probe")  # times one whole tuning command
+        run(args, cwd, kill_after=self.kill_point("journal"))
         try:
             before = finished(study_trials(name, storage, cwd / "runs"))
         except Exception:  # noqa: BLE001  killed before the study was created
@@ -243,22 +295,24 @@ class Bench:
         rc, text = run(args, cwd)
         after = finished(study_trials(name, storage, cwd / "runs"))
         lost = sum(1 for n, p in before.items() if after.get(n) != p)
-        ok = rc == 0 and len(after) == N_TRIALS and (cwd / "runs" / name / "best.yaml").is_file()
-        return ok, lost, duplicates(after)
+        ok, why = _check(rc, text, len(after) == N_TRIALS
+                         and (cwd / "runs" / name / "best.yaml").is_file(),
+                         f"{len(after)} of {N_TRIALS} trials finished, or no best.yaml")
+        return Outcome(ok, lost, duplicates(after), why)
 
-    def journal_damaged(self, i: int, how: str) -> tuple[bool, int, int]:
+    def journal_damaged(self, i: int, how: str) -> Outcome:
+        """A finished study's journal damaged: its last record cut at a random byte, or a
+        random line of its second and third quarters replaced by junk; then the same tuning
+        command again."""
         cwd = self.work / f"journal-{how}{i}"
         cwd.mkdir()
-        name = f"faults-{how}-{i}"
+        name = self.finished_study(cwd)
         args = self.tune_args(name)
-        half = args.copy()
-        half[half.index("--n-trials") + 1] = "2"
-        rc, text = run(half, cwd)
-        assert rc == 0, text
         journal = cwd / "runs" / name / "journal.log"
         before = finished(study_trials(name, None, cwd / "runs"))
         data = journal.read_bytes()
         lines = data.splitlines(keepends=True)
+        note = ""
         if how == "truncated":
             last = lines[-1]
             cut = self.rng.randrange(1, len(last) - 1)
@@ -267,37 +321,47 @@ class Bench:
             # records held
             before = finished_in(name, b"".join(lines[:-1]), self.work / f"intact-{how}{i}")
         else:
-            k = self.rng.randrange(len(lines) // 2, len(lines) - 1)
+            k = self.rng.randrange(len(lines) // 4, 3 * len(lines) // 4)
+            op = lines[k][:14].decode(errors="replace")
             lines[k] = b'{"op_code": 5, "worker_id": "\xff\xfe garbled\n'
             journal.write_bytes(b"".join(lines))
+            cut = finished_in(name, b"".join(lines[:k]), self.work / f"cut-{how}{i}")
+            cut_lost = sum(1 for n, p in before.items() if cut.get(n) != p)
+            note = (f"line {k + 1} of {len(lines)} ({op}...); cutting the journal there would "
+                    f"lose {cut_lost} trial(s)")
         rc, text = run(args, cwd)
         if rc != 0 and how == "garbled":
             # the message names the file and the fix: apply it, then re-run the same command
             named = [ln for ln in error_lines(text)
                      if "journal.log" in ln and "with: python -c " in ln]
             if not named:
-                return False, len(before), 0
+                return Outcome(False, len(before), why=f"exit {rc}: {last_error(text)}",
+                               note=note)
+            note += ": records after it depend on it, the named fix truncates"
             fix = shlex.split(named[0].split("with: ", 1)[1])
             subprocess.run(fix, cwd=cwd, env=_env(), check=True, capture_output=True)
             rc, text = run(args, cwd)
         after = finished(study_trials(name, None, cwd / "runs"))
         lost = sum(1 for n, p in before.items() if after.get(n) != p)
-        return rc == 0 and len(after) == N_TRIALS, lost, duplicates(after)
+        ok, why = _check(rc, text, len(after) == N_TRIALS,
+                         f"{len(after)} of {N_TRIALS} trials finished")
+        return Outcome(ok, lost, duplicates(after), why, note)
 
-    def disk_full(self, i: int) -> tuple[bool, int, int]:
+    def disk_full(self, i: int) -> Outcome:
         out = self.work / f"disk{i}"
-        rc, text = run(self.train_args(out), self.work)
-        assert rc == 0, text
+        self.previous_run(out)
         before = fingerprint_run(out / "faults")
         size = (out / "faults" / "model.pth").stat().st_size
         rc, text = run(self.train_args(out, "--set", "seed=1"), self.work,
                        limit_fsize=max(size // 2, 1024))
         refused = rc == 1 and len(error_lines(text)) == 1
+        refusal = "" if refused else f"not refused in one line (exit {rc}): {last_error(text)}"
         lost = 0 if fingerprint_run(out / "faults") == before else 1
         rc, text = run(self.train_args(out, "--set", "seed=1"), self.work)
-        return refused and rc == 0 and whole_run(out / "faults"), lost, 0
+        ok, why = _check(rc, text, whole_run(out / "faults"), "the new run is not whole")
+        return Outcome(refused and ok, lost, why=refusal or why)
 
-    def nan_data(self, i: int) -> tuple[bool, int, int]:
+    def nan_data(self, i: int) -> Outcome:
         import numpy as np
         import pandas as pd
 
@@ -312,7 +376,7 @@ class Bench:
         recipe.write_text(yaml.safe_dump({
             "name": "faults", "data": {"name": "tabular_csv", "path": str(csv),
                                        "y_name": "target", "bs": 32},
-            "model": {"name": "tabular", "layers": [8]}, "schedule": {"epochs": 2},
+            "model": {"name": "tabular", "layers": [8]}, "schedule": {"epochs": 1},
             "metrics": ["accuracy"]}))
         out = self.work / f"nanout{i}"
         base = ["-m", "fasttricks.train", str(recipe), "--out", str(out), "--no-progress",
@@ -321,10 +385,12 @@ class Bench:
         lines = error_lines(text)
         refused = rc == 2 and len(lines) == 1 and "'b'" in lines[0] and not out.joinpath(
             "faults").exists()
+        refusal = "" if refused else f"not refused naming 'b' (exit {rc}): {last_error(text)}"
         rc, text = run([*base, "--set", "data.impute=median"], self.work)
-        return refused and rc == 0 and whole_tabular(out / "faults"), 0, 0
+        ok, why = _check(rc, text, whole_tabular(out / "faults"), "the run is not whole")
+        return Outcome(refused and ok, why=refusal or why)
 
-    def diverging(self, i: int) -> tuple[bool, int, int]:
+    def diverging(self, i: int) -> Outcome:
         out = self.work / f"div{i}"
         opt = ["sgd", "sgd_momentum"][i % 2]
         rc, text = run(self.train_args(out, "--set", f"optimizer.name={opt}", "--set",
@@ -332,9 +398,11 @@ class Bench:
         lines = error_lines(text)
         refused = (rc == 1 and len(lines) == 1 and "lower the learning rate" in lines[0]
                    and not (out / "faults").exists())
+        refusal = "" if refused else f"not refused (exit {rc}): {last_error(text)}"
         rc, text = run(self.train_args(out, "--set", f"optimizer.name={opt}", "--set",
                                        "optimizer.lr=0.1"), self.work)
-        return refused and rc == 0 and whole_run(out / "faults"), 0, 0
+        ok, why = _check(rc, text, whole_run(out / "faults"), "the run is not whole")
+        return Outcome(refused and ok, why=refusal or why)
 
 
 def whole_tabular(run_dir: Path) -> bool:
@@ -382,10 +450,11 @@ def main() -> None:
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
     rows = []
+    load = [round(x, 2) for x in os.getloadavg()]
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fasttricks-faults-") as tmp, postgres() as pg_url:
         bench = Bench(Path(tmp), rng)
-        faults: dict[str, Callable[[int], tuple[bool, int, int]]] = {
+        faults: dict[str, Callable[[int], Outcome] | None] = {
             "train killed": bench.train_killed,
             "kfold killed": bench.kfold_killed,
             "tune killed (journal)": lambda i: bench.tune_killed(i, None, "journal"),
@@ -408,19 +477,24 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             outcomes = [func(i) for i in range(args.runs)]
-            row = {"fault": fault, "runs": len(outcomes),
-                   "recovered": sum(ok for ok, _, _ in outcomes),
-                   "lost": sum(lost for _, lost, _ in outcomes),
-                   "duplicated": sum(d for _, _, d in outcomes),
-                   "seconds": round(time.perf_counter() - t0, 1)}
-            if fault == "journal garbled":
-                row["note"] = ("a garbled record is not dropped silently: later records build "
-                               "on it; the named fix keeps the records before it (the rest "
-                               "stay in the backup copy), so trials after it are lost")
+            row: dict[str, Any] = {
+                "fault": fault, "runs": len(outcomes),
+                "recovered": sum(o.recovered for o in outcomes),
+                "lost": sum(o.lost for o in outcomes),
+                "duplicated": sum(o.duplicated for o in outcomes),
+                "seconds": round(time.perf_counter() - t0, 1),
+                # why each run that did not recover failed: its command's last error line
+                "failures": [o.why for o in outcomes if not o.recovered],
+            }
+            notes = [o.note for o in outcomes if o.note]
+            if notes:
+                row["damaged"] = notes
             rows.append(row)
             print(f"{fault:26s} runs {row['runs']}  recovered {row['recovered']}/{row['runs']}"
                   f"  lost {row['lost']}  duplicated {row['duplicated']}  "
                   f"[{row['seconds']}s]", flush=True)
+            for why in row["failures"]:
+                print(f"    failed: {why}", flush=True)
     total = time.perf_counter() - t_start
     print("\n| fault | runs | recovered | lost work | duplicated trials |\n|---|---|---|---|---|")
     for r in rows:
@@ -428,7 +502,9 @@ def main() -> None:
         print(f"| {r['fault']} | {r['runs']} | {rec} | {r['lost']} | {r['duplicated']} |")
     print(f"total {total:.0f}s")
     result = {"rows": rows, "runs": args.runs, "seed": args.seed, "n_trials": N_TRIALS,
-              "recipe": RECIPE, "seconds": round(total, 1), "machine": machine_info()}
+              "recipe": RECIPE, "seconds": round(total, 1),
+              "load_average": {"start": load, "end": [round(x, 2) for x in os.getloadavg()]},
+              "machine": machine_info()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     from fasttricks._io import write_json
 
