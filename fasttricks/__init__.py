@@ -9,8 +9,7 @@ optuna nor timm::
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from fasttricks._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -36,13 +35,4 @@ _SUBMODULES = (
 __all__ = ["__version__", *_SUBMODULES]
 
 
-def __getattr__(name: str) -> ModuleType:
-    if name in _SUBMODULES:
-        module = importlib.import_module(f"{__name__}.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'fasttricks' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, globals(), dict.fromkeys(_SUBMODULES))

@@ -316,7 +316,8 @@ def test_a_garbled_middle_line_is_dropped_and_the_records_after_it_kept(tmp_path
     damaged = _garble(path, 6)  # trial 1's parameter
     with caplog.at_level(logging.WARNING, logger="fasttricks.tune._storage"):
         study = optuna.load_study(study_name="q", storage=make_storage(str(path)))
-    assert f"journal file {path}: line 6 of 10 was unreadable; dropped 1 line(s) (line 6: " in caplog.text
+    said = f"journal file {path}: line 6 of 10 was unreadable; dropped 1 line(s) (line 6: "
+    assert said in caplog.text
     assert "1 later record(s) of trial(s) 1" in caplog.text and "kept the other 8" in caplog.text
     assert _backups(path)[0].read_bytes() == damaged
     # trial 1 lost its parameter and then its final state; trials 0 and 2 are whole

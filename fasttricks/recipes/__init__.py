@@ -20,9 +20,7 @@ written by :mod:`fasttricks.runs`.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from fasttricks._lazy import lazy_names
 from fasttricks.recipes._builtin import (
     builtin_recipe_path,
     list_recipes,
@@ -80,13 +78,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, globals(), _LAZY)

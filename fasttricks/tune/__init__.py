@@ -16,8 +16,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
-
+from fasttricks._lazy import lazy_names
 from fasttricks.tune._options import SAMPLERS, TuneOptions
 from fasttricks.tune._pruners import (
     PRUNER_TYPES,
@@ -79,17 +78,13 @@ __all__ = [
 _LAZY = {
     # fastai and optuna are imported only when these are asked for, so storage-only processes
     # (and `import fasttricks.tune`) start fast.
-    "PruningCallback": "fasttricks.tune._callback",
-    "GridPointSampler": "fasttricks.tune._sampler",
-    "SeededSampler": "fasttricks.tune._sampler",
-    "make_sampler": "fasttricks.tune._sampler",
-    "sampler_seed": "fasttricks.tune._sampler",
+    "PruningCallback": "_callback",
+    "GridPointSampler": "_sampler",
+    "SeededSampler": "_sampler",
+    "make_sampler": "_sampler",
+    "sampler_seed": "_sampler",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'fasttricks.tune' has no attribute {name!r}")
+# no __dir__: dir(fasttricks.tune) lists what the module holds
+__getattr__ = lazy_names(__name__, globals(), _LAZY)[0]

@@ -46,6 +46,7 @@ from fasttricks.tune._space import (
 from fasttricks.tune._storage import make_storage, storage_kind
 from fasttricks.tune._workers import (
     WORKER_ATTR,
+    LastWorker,
     fail_orphaned_trials,
     heartbeat_enabled,
     live_local_trials,
@@ -521,15 +522,17 @@ def _launcher_gone(options: TuneOptions) -> bool:
     return options.launcher_pid is not None and os.getppid() != options.launcher_pid
 
 
-def _should_write_results(prepared: PreparedStudy) -> bool:
-    """The launcher writes the results; a worker does when the launcher died and no trial is
-    running any more (it is the last one to finish)."""
+def _should_write_results(prepared: PreparedStudy, last: Any = None) -> bool:
+    """The launcher writes the results; a worker does when the launcher died, it is the last
+    worker to finish (``last``, a :class:`~fasttricks.tune._workers.LastWorker`: no other can
+    still add a trial) and no trial is running any more."""
     options = prepared.options
     if not options.write_results:
         return False
     if options.worker is None:
         return True
-    return _launcher_gone(options) and count_trials(prepared.study)["running"] == 0
+    last_out = last.done() if last is not None else True
+    return _launcher_gone(options) and last_out and count_trials(prepared.study)["running"] == 0
 
 
 def retrain_best(prepared: PreparedStudy) -> dict[str, dict[str, Any]]:
@@ -572,10 +575,10 @@ def retrain_best(prepared: PreparedStudy) -> dict[str, dict[str, Any]]:
     return done
 
 
-def _finish(prepared: PreparedStudy, summary: bool) -> None:
+def _finish(prepared: PreparedStudy, summary: bool, last: Any = None) -> None:
     from fasttricks.tune._results import write_results
 
-    if not _should_write_results(prepared):
+    if not _should_write_results(prepared, last):
         return
     if summary and prepared.options.retrains and count_trials(prepared.study)["finished"]:
         retrain_best(prepared)
@@ -595,19 +598,24 @@ def run_study(prepared: PreparedStudy) -> Any:
     import optuna
 
     _announce(prepared)
-    # Our progress line reports a failed trial; Optuna's warning would add a traceback.
-    with optuna_log_level(optuna.logging.ERROR if prepared.options.progress else None):
-        try:
-            if prepared.options.uses_workers:
-                _run_workers(prepared)
-            else:
-                _run_here(prepared)
-        except (KeyboardInterrupt, TooManyFailures):
-            # The running trials are already recorded as FAIL (by Optuna in this process, by
-            # the launcher for workers); keep what the finished ones found.
-            _finish(prepared, summary=False)
-            raise
-        _finish(prepared, summary=True)
+    last = LastWorker(prepared.out_dir) if prepared.options.worker is not None else None
+    try:
+        # Our progress line reports a failed trial; Optuna's warning would add a traceback.
+        with optuna_log_level(optuna.logging.ERROR if prepared.options.progress else None):
+            try:
+                if prepared.options.uses_workers:
+                    _run_workers(prepared)
+                else:
+                    _run_here(prepared)
+            except (KeyboardInterrupt, TooManyFailures):
+                # The running trials are already recorded as FAIL (by Optuna in this process,
+                # by the launcher for workers); keep what the finished ones found.
+                _finish(prepared, summary=False, last=last)
+                raise
+            _finish(prepared, summary=True, last=last)
+    finally:
+        if last is not None:
+            last.close()
     return prepared.study
 
 

@@ -33,6 +33,7 @@ from fasttricks.tune._logs import quiet_experimental
 from fasttricks.tune._options import STORAGE_ENV, TuneOptions
 
 __all__ = [
+    "LastWorker",
     "STOP_GRACE_SECONDS",
     "WORKER_ATTR",
     "fail_orphaned_trials",
@@ -49,6 +50,7 @@ _log = logging.getLogger(__name__)
 
 STOP_GRACE_SECONDS = 30.0
 WORKER_ATTR = "worker"
+WORKERS_LOCK = ".workers.lock"
 
 
 def worker_id() -> str:
@@ -136,6 +138,46 @@ def fail_orphaned_trials(study: Any, pids: Sequence[int] | None = None) -> list[
     if failed:
         _log.warning("marked trials %s FAIL: their worker process ended mid-trial", failed)
     return failed
+
+
+class LastWorker:
+    """Tells the last of a study's worker processes on this host to finish apart from the rest.
+
+    Each worker holds a shared ``flock`` on ``<study folder>/.workers.lock`` from its start.
+    When it is done it drops it and tries an exclusive lock without waiting: only a process
+    that finds no other worker still holding the file gets it, and the kernel drops the locks
+    of a process that died. So when the launcher is gone, one worker, the last out, writes the
+    study's results, after every other worker has stopped adding trials (a worker that counted
+    the trials, then was slow to start one the study did not need, holds its lock until it has
+    recorded that trial). Where ``fcntl`` is missing every worker counts as the last.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        self._fd = os.open(Path(folder) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+
+    def done(self) -> bool:
+        """Drop this worker's share; True when no other worker holds one (ask once)."""
+        if self._fd is None:
+            return True
+        import fcntl
+
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another worker is still running
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
 
 
 def worker_env(index: int, gpus: Sequence[str] | None,
