@@ -184,36 +184,9 @@ def plan_pruner(
     n_trials: int | None = None,
     n_brackets: int | None = None,
 ) -> PrunerPlan:
-    """Check the options of a pruner whose resource is epochs and return its :class:`PrunerPlan`.
-
-    The arguments are those of :func:`make_pruner`.
-    """
-    kind = PRUNER_TYPES.get(name)  # unknown names list the known ones and the closest
-    if max_epochs is None:
-        if recipe is None:
-            raise ValueError("make_pruner needs a recipe or max_epochs to know the epoch budget")
-        max_epochs = recipe_epochs(recipe)
-    check_range("max_epochs", max_epochs, low=1)
-    return kind.plan(
-        max_epochs, min_resource=min_resource, reduction_factor=reduction_factor,
-        warmup_epochs=warmup_epochs, n_startup_trials=n_startup_trials, n_trials=n_trials,
-        n_brackets=n_brackets,
-    )
-
-
-def make_pruner(
-    name: str = "hyperband",
-    recipe: Mapping[str, Any] | None = None,
-    *,
-    max_epochs: int | None = None,
-    min_resource: int | None = None,
-    reduction_factor: int = 3,
-    warmup_epochs: int | None = None,
-    n_startup_trials: int = 5,
-    n_trials: int | None = None,
-    n_brackets: int | None = None,
-) -> Any:
-    """Build an Optuna pruner whose resource is epochs (``plan_pruner(...).build()``).
+    """Check the options of a pruner whose resource is epochs and return its
+    :class:`PrunerPlan` (``.build()`` makes the Optuna pruner, ``.describe()`` says what it
+    does).
 
     Args:
         name: ``"hyperband"`` (default), ``"asha"``, ``"median"`` or ``"none"``.
@@ -236,10 +209,6 @@ def make_pruner(
     rung, the top rung included. With tens of trials that can discard the best candidate
     after ``min_resource`` epochs, or leave a study with no completed trial at all.
 
-    Returns:
-        An ``optuna.pruners.BasePruner``. :func:`plan_pruner` with the same arguments gives
-        the plan :func:`describe_pruner` prints.
-
     Raises:
         KeyError: unknown ``name`` (lists the known pruners and the closest match).
         ValueError: a budget outside its range (echoing the value).
@@ -250,11 +219,29 @@ def make_pruner(
         pruner = plan.build()
         print(describe_pruner(plan))
     """
-    return plan_pruner(
-        name, recipe, max_epochs=max_epochs, min_resource=min_resource,
-        reduction_factor=reduction_factor, warmup_epochs=warmup_epochs,
-        n_startup_trials=n_startup_trials, n_trials=n_trials, n_brackets=n_brackets,
-    ).build()
+    kind = PRUNER_TYPES.get(name)  # unknown names list the known ones and the closest
+    if max_epochs is None:
+        if recipe is None:
+            raise ValueError("a pruner needs a recipe or max_epochs to know the epoch budget")
+        max_epochs = recipe_epochs(recipe)
+    check_range("max_epochs", max_epochs, low=1)
+    return kind.plan(
+        max_epochs, min_resource=min_resource, reduction_factor=reduction_factor,
+        warmup_epochs=warmup_epochs, n_startup_trials=n_startup_trials, n_trials=n_trials,
+        n_brackets=n_brackets,
+    )
+
+
+def make_pruner(name: str = "hyperband", recipe: Mapping[str, Any] | None = None,
+                **options: Any) -> Any:
+    """Build an Optuna pruner whose resource is epochs: ``plan_pruner(...).build()``, with the
+    arguments of :func:`plan_pruner`, which also gives the plan :func:`describe_pruner`
+    prints.
+
+    Returns:
+        An ``optuna.pruners.BasePruner``.
+    """
+    return plan_pruner(name, recipe, **options).build()
 
 
 # ---------------------------------------------------------------- none
