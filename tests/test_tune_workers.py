@@ -92,3 +92,39 @@ def test_trials_run_on_the_gpu_with_fp16(tmp_path):
     assert len(trials) == 2
     assert all(t.user_attrs["device"].startswith("cuda") for t in trials)
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def test_only_the_last_worker_to_finish_is_told_so(tmp_path):
+    from fasttricks.tune._workers import LastWorker
+
+    first, second = LastWorker(tmp_path), LastWorker(tmp_path)
+    assert not first.done()  # the second one may still add trials
+    assert second.done()  # nobody else holds the file
+    second.close()
+    first.close()
+    late = LastWorker(tmp_path)  # a worker that starts after both: alone, so the last
+    assert late.done()
+    late.close()
+
+
+def test_a_dead_worker_does_not_keep_the_last_one_waiting(tmp_path):
+    from fasttricks.tune._workers import LastWorker
+
+    code = ("import sys, time; from fasttricks.tune._workers import LastWorker; "
+            "w = LastWorker(sys.argv[1]); print('held', flush=True); time.sleep(60)")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        alive = LastWorker(tmp_path)
+        assert not alive.done()  # the other process still holds its share
+        alive.close()
+        proc.kill()
+        proc.wait()
+        survivor = LastWorker(tmp_path)
+        assert survivor.done()  # the kernel dropped the dead process's lock
+        survivor.close()
+    finally:
+        proc.kill()
+        proc.wait()
