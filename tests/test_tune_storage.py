@@ -403,8 +403,15 @@ def test_a_line_garbled_while_open_names_the_file_and_line(tmp_path):
     lines = path.read_bytes().splitlines(keepends=True)
     lines.insert(3, b"garbage\n")
     path.write_bytes(b"".join(lines))
-    with pytest.raises(StorageError, match=r"journal\.log.*line 4 of \d+ .*Expecting value"):
+    with pytest.raises(StorageError, match=r"journal\.log.*line 4 of \d+ .*Expecting value.*"
+                                           r"run the command again"):
         study.optimize(lambda t: t.suggest_float("x", -1, 1), n_trials=1)
+    # opening it again drops the junk line; trial 0 was running there, so it stays unfinished
+    # (as does trial 2, whose create record was written just before the failed read)
+    reopened = optuna.load_study(study_name="q", storage=make_storage(str(path)))
+    assert [t.state for t in reopened.trials] == [TrialState.RUNNING, TrialState.COMPLETE,
+                                                  TrialState.RUNNING]
+    assert reopened.trials[1].params == study.trials[1].params
 
 
 def test_storage_pointing_at_a_directory_is_refused_by_name(tmp_path):

@@ -270,11 +270,16 @@ def _foreign_file_message(path: Path, first_line: bytes) -> str:
 
 
 def _damage_message(check: JournalCheck, why: str = "") -> str:
+    """One line for a damaged journal: ``why`` the damaged line cannot simply be dropped, or,
+    without ``why``, damage found while the study is open (opening it again repairs it)."""
     path = str(check.path)
-    why = why or f"the {check.lines - check.bad_line} record(s) after it may build on it"
+    where = (f"journal file {path!r} is damaged at line {check.bad_line} of {check.lines} "
+             f"({check.reason})")
+    if not why:
+        return (f"{where} while this process had it open. Fix: run the command again; opening "
+                f"the journal repairs it (a backup {path}{BACKUP_INFIX}* is kept)")
     return (
-        f"journal file {path!r} is damaged at line {check.bad_line} of {check.lines} "
-        f"({check.reason}); it is not dropped on its own: {why}. "
+        f"{where}; it is not dropped on its own: {why}. "
         f"Fix: restore a backup copy ({path}{BACKUP_INFIX}*) if there is one, or keep the "
         f"{check.records} record(s) before line {check.bad_line} (a backup is kept) with: "
         f"python -c \"from fasttricks.tune._storage import repair_journal; "
