@@ -28,10 +28,12 @@ run, finished folds, finished trials) that were gone or redone after recovery. D
 finished trials whose parameters repeat another's. A run that does not recover records why in
 its row's ``failures`` (the failing command's last error line, or the check that failed).
 
-Each command pays Python's and fastai's imports (most of its time), so the benchmark starts as
-few as it can: the previous whole run (train killed, disk full) is trained once and copied, the
-finished study (journal rows) is tuned once and copied, and that first tuning command's time
-sets the kill points of the tuning rows (one training command's, those of the k-fold row).
+A new process pays Python's and fastai's imports (most of a command's time on a tiny recipe),
+so the benchmark starts as few as it can: a command that is killed or runs under a file-size
+limit is a process of its own, as are the one training run (train killed, disk full) and the
+one tuning run (journal rows) that the other runs start from as copies, and whose times set
+the kill points; the re-runs that recover, and the refused commands of the last two rows, run
+the same command line through the same ``main()`` in this process.
 
 Usage: ``python benchmarks/faults.py [--runs 2] [--seed 0]``; writes
 ``benchmarks/results/faults.json``. A tiny recipe (one epoch) and three trials keep it to a
@@ -109,6 +111,34 @@ def run(args: list[str], cwd: Path, kill_after: float | None = None,
         if proc.returncode == -signal.SIGKILL:
             return None, err + out
         return proc.returncode, err + out  # it finished before the kill
+
+
+_MAINS = {"fasttricks.train": ("fasttricks.train", "main"),
+          "fasttricks.tune": ("fasttricks.tune._cli", "main")}
+
+
+def rerun(args: list[str], cwd: Path) -> tuple[int | None, str]:
+    """Run ``python ARGS`` (``-m fasttricks.train`` or ``-m fasttricks.tune``) again, the same
+    command line through the same ``main()``, but in this process, where the imports are
+    already done. Returns (exit code, stderr + stdout)."""
+    import importlib
+    import io
+
+    assert args[0] == "-m" and args[1] in _MAINS, args
+    module, name = _MAINS[args[1]]
+    main = getattr(importlib.import_module(module), name)
+    err, out = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            try:
+                rc = main(args[2:])
+            except SystemExit as stop:  # argparse
+                rc = stop.code if isinstance(stop.code, int) else 2
+    finally:
+        os.chdir(here)
+    return rc, err.getvalue() + out.getvalue()
 
 
 def error_lines(text: str) -> list[str]:
@@ -262,7 +292,7 @@ class Bench:
             kill_after=self.kill_point("train"))
         # still the previous whole run (or, if the kill came late, the new whole run)
         intact = fingerprint_run(out / "faults") == before or whole_run(out / "faults")
-        rc, text = run(self.train_args(out, "--set", "seed=1"), self.work)
+        rc, text = rerun(self.train_args(out, "--set", "seed=1"), self.work)
         ok, why = _check(rc, text, whole_run(out / "faults"), "the new run is not whole")
         return Outcome(ok, 0 if intact else 1, why=why)
 
@@ -275,7 +305,7 @@ class Bench:
         run(args, self.work, kill_after=self.kill_point("train") * 1.2)
         folder = out / "faults" / "kfold"
         snap = {p: p.stat().st_mtime_ns for p in folder.rglob("*.pth")} if folder.exists() else {}
-        rc, text = run(args, self.work)
+        rc, text = rerun(args, self.work)
         lost = sum(1 for p, m in snap.items() if not p.exists() or p.stat().st_mtime_ns != m)
         ok, why = _check(rc, text, (folder / KFOLD_RESULT).is_file(), f"no {KFOLD_RESULT}")
         return Outcome(ok, lost, why=why)
@@ -292,7 +322,7 @@ class Bench:
             before = finished(study_trials(name, storage, cwd / "runs"))
         except Exception:  # noqa: BLE001  killed before the study was created
             before = {}
-        rc, text = run(args, cwd)
+        rc, text = rerun(args, cwd)
         after = finished(study_trials(name, storage, cwd / "runs"))
         lost = sum(1 for n, p in before.items() if after.get(n) != p)
         ok, why = _check(rc, text, len(after) == N_TRIALS
@@ -329,7 +359,7 @@ class Bench:
             cut_lost = sum(1 for n, p in before.items() if cut.get(n) != p)
             note = (f"line {k + 1} of {len(lines)} ({op}...); cutting the journal there would "
                     f"lose {cut_lost} trial(s)")
-        rc, text = run(args, cwd)
+        rc, text = rerun(args, cwd)
         if rc != 0 and how == "garbled":
             # the message names the file and the fix: apply it, then re-run the same command
             named = [ln for ln in error_lines(text)
@@ -340,7 +370,7 @@ class Bench:
             note += ": records after it depend on it, the named fix truncates"
             fix = shlex.split(named[0].split("with: ", 1)[1])
             subprocess.run(fix, cwd=cwd, env=_env(), check=True, capture_output=True)
-            rc, text = run(args, cwd)
+            rc, text = rerun(args, cwd)
         after = finished(study_trials(name, None, cwd / "runs"))
         lost = sum(1 for n, p in before.items() if after.get(n) != p)
         ok, why = _check(rc, text, len(after) == N_TRIALS,
@@ -357,7 +387,7 @@ class Bench:
         refused = rc == 1 and len(error_lines(text)) == 1
         refusal = "" if refused else f"not refused in one line (exit {rc}): {last_error(text)}"
         lost = 0 if fingerprint_run(out / "faults") == before else 1
-        rc, text = run(self.train_args(out, "--set", "seed=1"), self.work)
+        rc, text = rerun(self.train_args(out, "--set", "seed=1"), self.work)
         ok, why = _check(rc, text, whole_run(out / "faults"), "the new run is not whole")
         return Outcome(refused and ok, lost, why=refusal or why)
 
@@ -381,26 +411,26 @@ class Bench:
         out = self.work / f"nanout{i}"
         base = ["-m", "fasttricks.train", str(recipe), "--out", str(out), "--no-progress",
                 "--threads", "1"]
-        rc, text = run(base, self.work)
+        rc, text = rerun(base, self.work)
         lines = error_lines(text)
         refused = rc == 2 and len(lines) == 1 and "'b'" in lines[0] and not out.joinpath(
             "faults").exists()
         refusal = "" if refused else f"not refused naming 'b' (exit {rc}): {last_error(text)}"
-        rc, text = run([*base, "--set", "data.impute=median"], self.work)
+        rc, text = rerun([*base, "--set", "data.impute=median"], self.work)
         ok, why = _check(rc, text, whole_tabular(out / "faults"), "the run is not whole")
         return Outcome(refused and ok, why=refusal or why)
 
     def diverging(self, i: int) -> Outcome:
         out = self.work / f"div{i}"
         opt = ["sgd", "sgd_momentum"][i % 2]
-        rc, text = run(self.train_args(out, "--set", f"optimizer.name={opt}", "--set",
-                                       "optimizer.lr=100"), self.work)
+        rc, text = rerun(self.train_args(out, "--set", f"optimizer.name={opt}", "--set",
+                                         "optimizer.lr=100"), self.work)
         lines = error_lines(text)
         refused = (rc == 1 and len(lines) == 1 and "lower the learning rate" in lines[0]
                    and not (out / "faults").exists())
         refusal = "" if refused else f"not refused (exit {rc}): {last_error(text)}"
-        rc, text = run(self.train_args(out, "--set", f"optimizer.name={opt}", "--set",
-                                       "optimizer.lr=0.1"), self.work)
+        rc, text = rerun(self.train_args(out, "--set", f"optimizer.name={opt}", "--set",
+                                         "optimizer.lr=0.1"), self.work)
         ok, why = _check(rc, text, whole_run(out / "faults"), "the run is not whole")
         return Outcome(refused and ok, why=refusal or why)
 
@@ -445,6 +475,7 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated fault names to run")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "faults.json"))
     args = parser.parse_args()
+    os.environ.setdefault("MPLBACKEND", "Agg")  # the re-runs in this process save plots
     import torch
 
     torch.set_num_threads(1)
