@@ -402,7 +402,7 @@ class _RepairPlan:
     why: str = ""
 
 
-def _plan_repair(path: Path, check: JournalCheck) -> _RepairPlan:
+def _plan_repair(path: Path) -> _RepairPlan:
     """Drop the unreadable lines and what depends on them, keeping every record after them that
     still replays as it was written; or, when that is not possible, keep only the records before
     the first unreadable line.
@@ -492,7 +492,7 @@ def repair_journal(path: str | os.PathLike[str], *, lock: Any = None) -> Journal
         check = check_journal(path)
         if check.bad_line is None:
             return check
-        _apply_repair(path, check, _plan_repair(path, check))
+        _apply_repair(path, check, _plan_repair(path))
         return check_journal(path)
 
 
@@ -518,7 +518,7 @@ def _open_journal_checked(path: Path, lock: Any) -> None:
         check = check_journal(path)
         if check.bad_line is None:
             return
-        plan = _plan_repair(path, check)
+        plan = _plan_repair(path)
         if plan.truncates and not check.damaged_tail:
             raise StorageError(_damage_message(check, plan.why))
         _apply_repair(path, check, plan)
