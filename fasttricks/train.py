@@ -26,10 +26,11 @@ k-fold folder, or PostgreSQL for several machines running the same command); a k
 fold is retried and a rerun skips finished folds. ``--seeds N --workers W`` does the same
 with the seeds' run folders (journal ``<out>/<name>/members.log``), with the results of the
 sequential run. A single run is one fit, and so is a snapshot ensemble
-(:func:`fasttricks.ensemble.snapshot_ensemble`): ``--workers`` does not apply to them. ``torchrun --nproc_per_node N -m
-fasttricks.train RECIPE`` (or ``distributed: ddp`` in the recipe) trains one model in N
-processes with DistributedDataParallel (:mod:`fasttricks.distributed`; ``data.bs`` is per
-process) and only rank 0 writes the run folder.
+(:func:`fasttricks.ensemble.snapshot_ensemble`): ``--workers`` does not apply to them.
+``torchrun --nproc_per_node N -m fasttricks.train RECIPE`` (or ``distributed: ddp`` in the
+recipe) trains one model in N processes with DistributedDataParallel
+(:mod:`fasttricks.distributed`; ``data.bs`` is per process) and only rank 0 writes the run
+folder.
 ``--kfold N`` cross-validates the recipe instead (:func:`fasttricks.ensemble.kfold_fit`): N fold
 models, out-of-fold and fold-averaged test scores in ``<out>/<name>/kfold/``; re-running skips
 the folds already finished.

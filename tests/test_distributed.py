@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np

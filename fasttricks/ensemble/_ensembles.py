@@ -28,7 +28,7 @@ from fasttricks.ensemble._members import (
     scorers,
 )
 from fasttricks.ensemble._parallel import Workers
-from fasttricks.ensemble._report import announce, fmt, member_line, metrics_json, save_score_plot
+from fasttricks.ensemble._report import announce, fmt, member_line, metrics_json
 from fasttricks.ensemble._results import EnsembleScores, MemberScores
 from fasttricks.ensemble._store import MemberStore, fingerprint, safe_load, to_plain
 
@@ -109,24 +109,19 @@ class EnsembleResult(EnsembleScores):
             f"ensemble {fmt(self.ensemble_score)} [{self.seconds:.1f}s]"
         )
 
-    def plot(self, path: str | PathLike | None = None) -> Path:
-        """Bar chart of every member's score with the ensemble's as a line; saved as PNG
-        (default ``<out_dir>/<kind>.png``), returns the path."""
-        import matplotlib.pyplot as plt
+    def _chart_name(self) -> str:
+        return f"{self.kind}.png"
 
-        path = Path(path) if path is not None else self.out_dir / f"{self.kind}.png"
+    def _draw(self, ax: Any, x: np.ndarray) -> list[float]:
+        """Every member's score as a bar, their mean and the ensemble's score as lines."""
         scores = self.member_scores()
-        x = np.arange(len(scores))
-        fig, ax = plt.subplots(figsize=(1.0 * len(scores) + 3, 3.6))
         ax.bar(x, scores, 0.6, color="#4c72b0", label="single member")
         ax.axhline(self.mean, color="#4c72b0", ls="--", label="members' mean")
         ax.axhline(self.ensemble_score, color="#c44e52", lw=2, label="ensemble")
         ax.set_xticks(x, [m.name for m in self.members], rotation=30, fontsize=8)
         ax.set_ylabel(f"{self._split()} {self.metric}")
         ax.set_title(f"{self.name}: {self.kind} ensemble")
-        save_score_plot(fig, ax, [*scores, self.ensemble_score], path)
-        self.plot_path = path
-        return path
+        return [*scores, self.ensemble_score]
 
 
 def _ensemble_json(result: EnsembleResult) -> dict:

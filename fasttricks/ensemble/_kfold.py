@@ -6,6 +6,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,6 @@ from fasttricks.ensemble._report import (
     fmt,
     metrics_json,
     predictions_frame,
-    save_score_plot,
 )
 from fasttricks.ensemble._results import EnsembleScores, MemberScores
 from fasttricks.ensemble._score import score_predictions
@@ -79,6 +79,7 @@ class KFoldResult(EnsembleScores):
     oof_preds: torch.Tensor
     oof_targets: torch.Tensor
     oof: dict[str, float]
+    bar_inches: ClassVar[float] = 1.2
 
     def member_results(self) -> list[FoldResult]:
         return self.folds
@@ -124,14 +125,12 @@ class KFoldResult(EnsembleScores):
             )
         return line + f" [{self.seconds:.1f}s]"
 
-    def plot(self, path: str | PathLike | None = None) -> Path:
-        """Bar chart of the per-fold scores (held-out and test) with the OOF and test-ensemble
-        scores as lines; saved as PNG (default ``<out_dir>/kfold.png``), returns the path."""
-        import matplotlib.pyplot as plt
+    def _chart_name(self) -> str:
+        return "kfold.png"
 
-        path = Path(path) if path is not None else self.out_dir / "kfold.png"
-        x = np.arange(self.n_splits)
-        fig, ax = plt.subplots(figsize=(1.2 * self.n_splits + 3, 3.6))
+    def _draw(self, ax: Any, x: np.ndarray) -> list[float]:
+        """The per-fold scores (held-out and test) as bars, the OOF and test-ensemble scores
+        as lines."""
         width = 0.38 if self.test is not None else 0.6
         ax.bar(x - (width / 2 if self.test is not None else 0), self.fold_scores, width,
                label="held-out fold", color="#4c72b0")
@@ -145,9 +144,7 @@ class KFoldResult(EnsembleScores):
         ax.set_xticks(x, [f"fold {i}" for i in x])
         ax.set_ylabel(self.metric)
         ax.set_title(f"{self.name}: {self.n_splits}-fold ({self.direction} {self.metric})")
-        save_score_plot(fig, ax, values, path)
-        self.plot_path = path
-        return path
+        return values
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,13 +10,15 @@ scores, the folder), the base of :class:`~fasttricks.ensemble.KFoldResult` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from fasttricks.ensemble._members import Member
-from fasttricks.ensemble._report import metrics_json
+from fasttricks.ensemble._report import metrics_json, save_score_plot
 from fasttricks.ensemble._store import MemberStore
 
 __all__ = ["EnsembleScores", "MemberScores"]
@@ -65,6 +67,7 @@ class EnsembleScores:
     out_dir: Path
     seconds: float = 0.0
     plot_path: Path | None = None
+    bar_inches: ClassVar[float] = 1.0  # chart width per member
 
     def member_results(self) -> list[MemberScores]:
         """The members in order (the folds of a k-fold run, the seeds or cycles otherwise)."""
@@ -81,3 +84,23 @@ class EnsembleScores:
 
     def __str__(self) -> str:
         return self.summary()
+
+    def plot(self, path: str | PathLike | None = None) -> Path:
+        """Bar chart of every member's score with the ensemble's as a line (a k-fold chart also
+        shows each fold's held-out score and the out-of-fold one); saved as PNG (default
+        ``<out_dir>/kfold.png``, ``seed.png`` or ``snapshot.png``), returns the path."""
+        import matplotlib.pyplot as plt
+
+        path = Path(path) if path is not None else self.out_dir / self._chart_name()
+        n = len(self.member_results())
+        fig, ax = plt.subplots(figsize=(self.bar_inches * n + 3, 3.6))
+        save_score_plot(fig, ax, self._draw(ax, np.arange(n)), path)
+        self.plot_path = path
+        return path
+
+    def _chart_name(self) -> str:
+        raise NotImplementedError
+
+    def _draw(self, ax: Any, x: np.ndarray) -> list[float]:
+        """Draw the members at ``x`` on ``ax``; returns every value drawn (for the y range)."""
+        raise NotImplementedError

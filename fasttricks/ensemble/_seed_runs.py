@@ -2,10 +2,11 @@
 
 ``python -m fasttricks.train RECIPE --seeds N`` trains seeds ``seed .. seed + N - 1`` into run
 folders ``<out>/<name>/seed_<s>/`` (:func:`fasttricks.recipes.run_seeds`). With ``--workers``
-(or ``--storage``) the seeds are the members of a job (:class:`~fasttricks.ensemble._members.MemberJob`)
-whose store is those run folders: each seed is claimed once from the shared study
-(:mod:`fasttricks.ensemble._parallel`), trained with :func:`fasttricks.recipes.run_recipe` and
-written with :func:`fasttricks.runs.write_run`, exactly as the sequential loop would. A seed is
+(or ``--storage``) the seeds are the members of a job
+(:class:`~fasttricks.ensemble._members.MemberJob`) whose store is those run folders: each seed
+is claimed once from the shared study (:mod:`fasttricks.ensemble._parallel`), trained with
+:func:`fasttricks.recipes.run_recipe` and written with :func:`fasttricks.runs.write_run`,
+exactly as the sequential loop would. A seed is
 finished when its folder is a whole run of this recipe with that seed
 (:func:`fasttricks.runs.finished_run`); :func:`~fasttricks.recipes.run_seeds` then runs
 once, finds every seed finished, and writes ``seeds.csv`` / ``seeds.json`` and the lines as the
