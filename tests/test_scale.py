@@ -18,7 +18,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from fasttricks.ensemble import kfold_fit, seed_ensemble
+from fasttricks.ensemble import kfold_fit, seed_ensemble, snapshot_ensemble
 from fasttricks.ensemble._parallel import JOURNAL_NAME, _member_of
 from fasttricks.recipes import load_recipe, save_recipe
 from fasttricks.train import main as train_main
@@ -185,6 +185,19 @@ def test_workers_without_kfold_is_a_one_line_error(tmp_path, capsys):
     save_recipe(tiny_digits(), recipe)
     assert train_main([str(recipe), "--workers", "2", "--no-save"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --workers, --gpus and --storage apply to --kfold")
+    assert err.startswith("error: --workers, --gpus and --storage apply to --kfold and --seeds "
+                          "N > 1 (a single run, like a snapshot ensemble, is one fit)")
+    assert len(err.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         kfold_fit(tiny_digits(), 3, out_dir=tmp_path, progress=False, workers=0)
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        seed_ensemble(tiny_digits(), [0], out_dir=tmp_path, progress=False, workers=0)
+    with pytest.raises(ValueError, match=r"^workers=2: a snapshot ensemble is one fit .*"
+                                         r"workers does not apply; allowed is 1"):
+        snapshot_ensemble(tiny_digits(), 2, out_dir=tmp_path, progress=False, workers=2)
+    assert not (tmp_path / "tiny_digits").exists()  # refused before anything was made
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "with --kfold or --seeds: train the folds or seeds in N worker processes" in help_text
+    assert "nor for a snapshot ensemble: each is one fit" in help_text
