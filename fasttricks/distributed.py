@@ -21,6 +21,9 @@ Semantics:
   (the perturbation uses the global gradient, as in a single process with the global batch).
 - EMA: every rank updates identical shadow weights from identical weights; rank 0's are the
   ones written.
+- save-best: only rank 0 writes the checkpoint; at the end of fit it reloads it and
+  broadcasts the best weights, so every rank ends with them without a shared folder (each
+  process of a ``retrain_at_best`` run has its own temporary one).
 - NaN guard: a non-finite loss on any rank is made non-finite on every rank before the guard
   looks at it, so all ranks stop together instead of one waiting forever in an all-reduce.
 - BatchNorm layers become :class:`torch.nn.SyncBatchNorm` on CUDA (statistics over the global

@@ -37,9 +37,11 @@ from fasttricks.recipes import load_recipe, primary_metric, save_recipe
 __all__ = [
     "RUN_FILES",
     "check_out_dir",
+    "finished_run",
     "plot_history",
     "read_run",
     "recover_run_dir",
+    "saved_summary_line",
     "summary_line",
     "write_run",
 ]
@@ -245,26 +247,62 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
             "summary": json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))}
 
 
+def _line(summary: dict[str, Any], out_dir: Any) -> str:
+    """The one summary line of a run, from its ``summary.json`` fields."""
+    metric = summary["primary_metric"]
+    key = "loss" if metric == "valid_loss" else metric
+    nan = float("nan")
+
+    def num(scores: dict, name: str) -> float:
+        value = scores.get(name)
+        return nan if value is None else float(value)
+
+    valid, test, secs = summary["valid"], summary["test"], summary.get("train_seconds")
+    parts = [f"{summary['name']} (seed {summary['seed']}): test {key} {num(test, key):.4f}",
+             f"test loss {num(test, 'loss'):.4f}",
+             f"valid {key} {num(valid, key):.4f}",
+             f"{summary['epochs']} epochs in {nan if secs is None else secs:.1f}s"]
+    if "save_best" in summary:
+        sb = summary["save_best"]
+        parts.append(f"save-best (epoch {sb['best_epoch'] + 1}) test {key} "
+                     f"{num(sb['test'], key):.4f} vs retrain test {key} {num(test, key):.4f}")
+    if out_dir is not None:
+        parts.append(f"-> {out_dir}")
+    return ", ".join(parts)
+
+
 def summary_line(result: Any) -> str:
     """One line: name, test metric and loss, valid metric, epochs, time and the run folder."""
     recipe = result.learn.recipe
-    metric, _ = primary_metric(recipe)
-    key = "loss" if metric == "valid_loss" else metric
-    secs = _seconds(result.history)
-    nan = float("nan")
-    parts = [f"{recipe['name']} (seed {recipe['seed']}): test {key} "
-             f"{result.test.get(key, nan):.4f}",
-             f"test loss {result.test['loss']:.4f}",
-             f"valid {key} {result.valid.get(key, nan):.4f}",
-             f"{len(result.history)} epochs in {nan if secs is None else secs:.1f}s"]
-    if "save_best" in result.extra:
-        sb = result.extra["save_best"]
-        parts.append(f"save-best (epoch {sb['best_epoch'] + 1}) test {key} "
-                     f"{sb['test'].get(key, nan):.4f} vs retrain test {key} "
-                     f"{result.test.get(key, nan):.4f}")
-    if result.out_dir is not None:
-        parts.append(f"-> {result.out_dir}")
-    return ", ".join(parts)
+    summary = {"name": recipe["name"], "seed": recipe["seed"],
+               "primary_metric": primary_metric(recipe)[0], "epochs": len(result.history),
+               "train_seconds": _seconds(result.history), "valid": result.valid,
+               "test": result.test, **result.extra}
+    return _line(summary, result.out_dir)
+
+
+def finished_run(run_dir: str | Path, recipe: Any) -> dict[str, Any] | None:
+    """The ``summary.json`` of ``run_dir`` if it is a whole run folder of ``recipe`` (the same
+    resolved recipe, seed included), else None: a missing, partial or unreadable folder, or one
+    another recipe wrote, is a run still to do."""
+    from fasttricks.recipes import recipe_to_dict
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "summary.json").is_file():
+        return None
+    try:
+        run = read_run(run_dir)
+    except Exception:  # noqa: BLE001 - an unreadable run folder is simply trained again
+        return None
+    if recipe_to_dict(run["recipe"]) != recipe_to_dict(load_recipe(recipe)):
+        return None
+    return run["summary"]
+
+
+def saved_summary_line(run_dir: str | Path, summary: dict[str, Any] | None = None) -> str:
+    """:func:`summary_line` of a finished run folder: from its ``summary`` (as
+    :func:`finished_run` returns it) or, by default, read back from disk."""
+    return _line(read_run(run_dir)["summary"] if summary is None else summary, Path(run_dir))
 
 
 if __name__ == "__main__":  # python -m fasttricks.runs table [runs/] (fasttricks.results_table)

@@ -19,13 +19,18 @@ seeds ``seed, seed+1, ..., seed+N-1`` into
 ``<out>/<name>/seed_<s>/`` and writes ``seeds.csv`` / ``seeds.json`` with the mean, standard
 deviation and standard error of the test metric: the cheatsheet's check of how much a score
 moves with the seed alone, i.e. how far apart two results must be to mean anything.
+A rerun skips the seeds whose folder already holds a whole run of the same recipe and seed.
 ``--kfold N --workers W [--gpus 0,1] [--storage URL]`` trains the folds in W worker processes
 (one per GPU or CPU slot), each fold claimed once from a shared study (a journal file in the
 k-fold folder, or PostgreSQL for several machines running the same command); a killed worker's
-fold is retried and a rerun skips finished folds. ``torchrun --nproc_per_node N -m
-fasttricks.train RECIPE`` (or ``distributed: ddp`` in the recipe) trains one model in N
-processes with DistributedDataParallel (:mod:`fasttricks.distributed`; ``data.bs`` is per
-process) and only rank 0 writes the run folder.
+fold is retried and a rerun skips finished folds. ``--seeds N --workers W`` does the same
+with the seeds' run folders (journal ``<out>/<name>/members.log``), with the results of the
+sequential run. A single run is one fit, and so is a snapshot ensemble
+(:func:`fasttricks.ensemble.snapshot_ensemble`): ``--workers`` does not apply to them.
+``torchrun --nproc_per_node N -m fasttricks.train RECIPE`` (or ``distributed: ddp`` in the
+recipe) trains one model in N processes with DistributedDataParallel
+(:mod:`fasttricks.distributed`; ``data.bs`` is per process) and only rank 0 writes the run
+folder.
 ``--kfold N`` cross-validates the recipe instead (:func:`fasttricks.ensemble.kfold_fit`): N fold
 models, out-of-fold and fold-averaged test scores in ``<out>/<name>/kfold/``; re-running skips
 the folds already finished.
@@ -72,7 +77,7 @@ def _saved_so_far(args: argparse.Namespace) -> str:
                 "to resume from them")
     if args.seeds > 1:
         return (f"the finished seeds are saved in {where}/seed_<s>/; re-run the same command "
-                "to train all seeds again")
+                "to train only the seeds not yet finished")
     return (f"nothing of this run was saved (a previous run in {where} is kept as it was); "
             "re-run the same command to train again")
 
@@ -92,13 +97,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="k-fold cross-validation ensemble with N folds (results in "
                         "<out>/<name>/kfold/)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="with --kfold: train the folds in N worker processes, one per GPU or "
-                        "CPU slot (default 1: one after another)")
+                   help="with --kfold or --seeds: train the folds or seeds in N worker "
+                        "processes, one per GPU or CPU slot, each claimed once (default 1: one "
+                        "after another). Not for a single run, nor for a snapshot ensemble: "
+                        "each is one fit")
     p.add_argument("--gpus", default=None, metavar="IDS",
                    help="comma-separated GPU ids dealt out to the workers, e.g. 0,1")
     p.add_argument("--storage", default=None, metavar="URL",
-                   help="where workers claim folds: a journal file (default in the k-fold "
-                        "folder) or postgresql://... shared by the same command on each machine")
+                   help="where workers claim folds or seeds: a journal file (default in the "
+                        "k-fold folder, or <out>/<name>/ for --seeds) or postgresql://... "
+                        "shared by the same command on each machine")
     p.add_argument("--out", default="runs", help="parent folder of the run folder (default runs)")
     p.add_argument("--no-save", action="store_true", help="write nothing to disk")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -112,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _gpus(args: argparse.Namespace) -> list[str] | None:
+    return [g for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+
+
 def _run_kfold(recipe: object, n_splits: int, out: str | None, progress: bool,
                args: argparse.Namespace) -> int:
     """``--kfold N``: :func:`fasttricks.ensemble.kfold_fit`, its one-line summary, exit status."""
@@ -123,9 +135,8 @@ def _run_kfold(recipe: object, n_splits: int, out: str | None, progress: bool,
     with ExitStack() as stack:
         if out is None:  # --no-save: the fold models only live while they are scored
             out = stack.enter_context(tempfile.TemporaryDirectory())
-        gpus = [g for g in args.gpus.split(",") if g.strip()] if args.gpus else None
         result = kfold_fit(recipe, n_splits=n_splits, out_dir=out, progress=progress,
-                           workers=args.workers, gpus=gpus, storage=args.storage,
+                           workers=args.workers, gpus=_gpus(args), storage=args.storage,
                            threads=args.threads)
     if not progress:  # with progress, kfold_fit has printed it already
         print(result.summary())
@@ -162,7 +173,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
     from fasttricks.distributed import is_rank0, world_size
 
-    from fasttricks.recipes import RecipeError, load_recipe, run_recipe, run_seeds
+    from fasttricks.recipes import RecipeError, load_recipe, run_recipe
     from fasttricks.runs import summary_line
 
     if args.seeds < 1:
@@ -202,12 +213,17 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         if args.seeds > 1:
             raise RecipeError("--kfold and --seeds cannot be combined; choose one")
         return _run_kfold(recipe, args.kfold, out, progress, args)
-    if args.workers != 1 or args.storage or args.gpus:
-        raise RecipeError("--workers, --gpus and --storage apply to --kfold; got --workers "
+    if args.seeds == 1 and (args.workers != 1 or args.storage or args.gpus):
+        raise RecipeError("--workers, --gpus and --storage apply to --kfold and --seeds N > 1 "
+                          "(a single run, like a snapshot ensemble, is one fit); got --workers "
                           f"{args.workers}, --gpus {args.gpus}, --storage "
                           f"{'set' if args.storage else None}")
     if args.seeds > 1:
-        _, summary = run_seeds(recipe, args.seeds, out_dir=out, progress=progress)
+        from fasttricks.ensemble import run_seeds_in_workers
+
+        _, summary = run_seeds_in_workers(recipe, args.seeds, out_dir=out, progress=progress,
+                                          workers=args.workers, gpus=_gpus(args),
+                                          storage=args.storage, threads=args.threads)
         s = summary["test"]
         where = f" -> {Path(out) / recipe['name'] / 'seeds.json'}" if out else ""
         if args.mlflow is not None:

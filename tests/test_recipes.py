@@ -509,6 +509,37 @@ def test_cli_seeds_report_mean_std_and_standard_error(tmp_path, capsys, monkeypa
     assert "over 2 seeds: mean" in stdout.strip().splitlines()[-1]
 
 
+def test_cli_seeds_rerun_skips_finished_seeds_and_retrains_a_changed_recipe(
+        tmp_path, capsys, monkeypatch):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(**{"schedule.epochs": 1})))
+    base = tmp_path / "runs" / "tiny"
+    args = [recipe, "--no-progress", "--threads", "1"]
+    code, first, err = _cli([*args, "--seeds", "2"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    stamps = {p: p.stat().st_mtime_ns for p in base.glob("seed_*/*")}
+    assert len(stamps) == 2 * 5  # two whole run folders
+
+    code, again, err = _cli([*args, "--seeds", "3"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    lines = again.strip().splitlines()
+    assert [line.endswith("(already done)") for line in lines[:3]] == [True, True, False]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # seeds 0 and 1 untouched
+    table = pd.read_csv(base / "seeds.csv")
+    assert list(table["seed"]) == [0, 1, 2]
+    for seed in (0, 1, 2):  # every row is its run folder's own test score
+        saved = json.loads((base / f"seed_{seed}" / "summary.json").read_text())
+        assert table.loc[seed, "test_accuracy"] == saved["test"]["accuracy"]
+    assert first.splitlines()[0].split(" -> ")[0] == lines[0].split(" -> ")[0]
+
+    # another recipe in the same folders: its seeds are trained again, not reused
+    code, changed, err = _cli([*args, "--seeds", "2", "--set", "optimizer.lr=3e-3"], tmp_path,
+                              capsys, monkeypatch)
+    assert code == 0, err
+    assert "already done" not in changed
+    assert load_recipe(base / "seed_0" / "recipe.yaml")["optimizer"]["lr"] == 3e-3
+
+
 @pytest.mark.slow
 def test_timm_model_from_a_recipe_trains_with_body_and_head_groups():
     from fasttricks.lr import fine_tune_staged

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,11 +13,12 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from optuna.trial import TrialState
 
-from fasttricks.ensemble import kfold_fit, seed_ensemble
+from fasttricks.ensemble import kfold_fit, seed_ensemble, snapshot_ensemble
 from fasttricks.ensemble._parallel import JOURNAL_NAME, _member_of
 from fasttricks.recipes import load_recipe, save_recipe
 from fasttricks.train import main as train_main
@@ -95,6 +97,47 @@ def test_two_workers_give_the_sequential_seed_ensemble(tmp_path):
     assert _numbers(seq.out_dir / "result.json") == _numbers(par.out_dir / "result.json")
 
 
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_train_seeds_with_two_workers_gives_the_sequential_run_folders(tmp_path, capfd):
+    recipe = tmp_path / "r.yaml"
+    save_recipe(tiny_digits(), recipe)
+    args = [str(recipe), "--seeds", "3", "--threads", "1", "--no-progress"]
+    assert train_main([*args, "--out", str(tmp_path / "seq")]) == 0
+    capfd.readouterr()
+    assert train_main([*args, "--workers", "2", "--out", str(tmp_path / "par")]) == 0
+    out = capfd.readouterr().out  # the workers' lines too
+    seq, par = tmp_path / "seq" / "tiny_digits", tmp_path / "par" / "tiny_digits"
+    for seed in (0, 1, 2):
+        a, b = _state(seq / f"seed_{seed}" / "model.pth"), _state(par / f"seed_{seed}" /
+                                                                  "model.pth")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        sa = json.loads((seq / f"seed_{seed}" / "summary.json").read_text())
+        sb = json.loads((par / f"seed_{seed}" / "summary.json").read_text())
+        assert (sa["valid"], sa["test"], sa["seed"]) == (sb["valid"], sb["test"], seed)
+    w0, w1 = _state(seq / "seed_0" / "model.pth"), _state(seq / "seed_1" / "model.pth")
+    assert not all(torch.equal(w0[k], w1[k]) for k in w0)  # the seeds did differ
+    assert (seq / "seeds.csv").read_text() == (par / "seeds.csv").read_text()
+    assert json.loads((seq / "seeds.json").read_text()) == \
+        json.loads((par / "seeds.json").read_text())
+    assert sorted(re.findall(r"worker \d: (seed_\d) trained", out)) == ["seed_0", "seed_1",
+                                                                       "seed_2"]
+    study = _study(par)
+    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
+
+    # a rerun with one seed more trains only that seed, in a worker; the others are kept
+    stamps = {p: p.stat().st_mtime_ns for p in par.glob("seed_*/*")}
+    assert train_main([*args[:1], "--seeds", "4", *args[3:], "--workers", "2", "--out",
+                       str(tmp_path / "par")]) == 0
+    out = capfd.readouterr().out
+    assert re.findall(r"worker \d: (seed_\d) trained", out) == ["seed_3"]
+    assert out.count("(already done)") == 4  # the final pass finds every seed on disk
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len(pd.read_csv(par / "seeds.csv")) == 4
+
+
 def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_path):
     recipe = tmp_path / "r.yaml"
     save_recipe(tiny_digits(epochs=12), recipe)
@@ -142,6 +185,19 @@ def test_workers_without_kfold_is_a_one_line_error(tmp_path, capsys):
     save_recipe(tiny_digits(), recipe)
     assert train_main([str(recipe), "--workers", "2", "--no-save"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --workers, --gpus and --storage apply to --kfold")
+    assert err.startswith("error: --workers, --gpus and --storage apply to --kfold and --seeds "
+                          "N > 1 (a single run, like a snapshot ensemble, is one fit)")
+    assert len(err.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         kfold_fit(tiny_digits(), 3, out_dir=tmp_path, progress=False, workers=0)
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        seed_ensemble(tiny_digits(), [0], out_dir=tmp_path, progress=False, workers=0)
+    with pytest.raises(ValueError, match=r"^workers=2: a snapshot ensemble is one fit .*"
+                                         r"workers does not apply; allowed is 1"):
+        snapshot_ensemble(tiny_digits(), 2, out_dir=tmp_path, progress=False, workers=2)
+    assert not (tmp_path / "tiny_digits").exists()  # refused before anything was made
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "with --kfold or --seeds: train the folds or seeds in N worker processes" in help_text
+    assert "nor for a snapshot ensemble: each is one fit" in help_text

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.distributed as dist
 from fastai.callback.core import Callback
-from fastai.learner import Recorder
+from fastai.learner import Recorder, load_model
 from fastai.torch_core import get_model, rank_distrib
 
 from fasttricks._io import atomic_torch_save
@@ -24,6 +26,20 @@ from fasttricks.metrics import lower_is_better
 __all__ = ["SaveBestCallback"]
 
 logger = logging.getLogger(__name__)
+
+
+def _process_group() -> tuple[int, int]:
+    """``(rank, world size)`` of the running distributed job; ``(RANK, 1)`` outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return rank_distrib(), 1
+
+
+def _broadcast_weights(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (in place)."""
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, 0)
 
 
 class SaveBestCallback(Callback):
@@ -40,6 +56,11 @@ class SaveBestCallback(Callback):
 
     After fit, ``best_epoch`` (0-based epoch index, None if no epoch completed) and ``best_value``
     hold the best epoch and its value; ``ckpt_path`` the checkpoint file.
+
+    Under DistributedDataParallel (:mod:`fasttricks.distributed`) only rank 0 writes the
+    checkpoint (every rank sees the same gathered metrics, so all agree on the best epoch); at
+    the end of fit rank 0 reloads it and sends the weights to the other ranks, which need
+    neither the file nor a shared folder.
 
     Args:
         monitor: a name the recorder logs (default ``"valid_loss"``; e.g. ``"accuracy"``).
@@ -126,7 +147,7 @@ class SaveBestCallback(Callback):
         self._save()
 
     def _save(self) -> None:
-        if rank_distrib():
+        if _process_group()[0] != 0:
             return
         state = get_model(self.learn.model).state_dict()
         opt = getattr(self.learn, "opt", None)
@@ -138,10 +159,40 @@ class SaveBestCallback(Callback):
     def after_fit(self) -> None:
         if not self.reload or self.best_epoch is None or self.ckpt_path is None:
             return
+        rank, world = _process_group()
+        if world > 1:
+            self._reload_distributed(rank)
+            return
         if not self.ckpt_path.exists():
             return
         self.learn.load(self.fname, with_opt=self.with_opt, weights_only=False)
         self.reloaded = True
+        self._log_reload()
+
+    def _reload_distributed(self, rank: int) -> None:
+        """Rank 0 reads its checkpoint and broadcasts the weights (and optimizer state)."""
+        model = get_model(self.learn.model)
+        device = next(model.parameters()).device
+        found = torch.tensor([1.0 if rank == 0 and self.ckpt_path.exists() else 0.0],
+                             device=device)
+        dist.broadcast(found, 0)
+        if not found.item():
+            return
+        if self.learn.opt is None:
+            self.learn.create_opt()
+        if rank == 0:  # fastai's learn.load would wait in a barrier for the other ranks
+            load_model(self.ckpt_path, model, self.learn.opt, with_opt=self.with_opt,
+                       device=device, weights_only=False)
+        _broadcast_weights(model)
+        if self.with_opt:
+            state = [self.learn.opt.state_dict() if rank == 0 else None]
+            dist.broadcast_object_list(state, 0)
+            if rank != 0:
+                self.learn.opt.load_state_dict(state[0])
+        self.reloaded = True
+        self._log_reload()
+
+    def _log_reload(self) -> None:
         logger.info(
             "reloaded the best model (epoch %d, %s = %.6g)",
             self.best_epoch,

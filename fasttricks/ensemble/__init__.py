@@ -13,7 +13,11 @@ Modules, one concept each:
   with a recipe's loss and metrics.
 - ``_store``, ``_members``: finished members on disk (read back with ``weights_only=True``) and
   the one "keep the finished member or train and save it" loop all ensembles share.
+- ``_results``: the fields every member result and ensemble result share.
 - ``_kfold``, ``_ensembles``: k-fold cross-validation; seed and snapshot ensembles.
+- ``_parallel``, ``_worker``: members claimed once by worker processes from a shared study
+  (:class:`~fasttricks.ensemble._parallel.Workers`); ``_seed_runs``: the train command's
+  ``--seeds`` run folders as such members (:func:`run_seeds_in_workers`).
 - ``_report``: progress lines, score charts and prediction tables.
 """
 
@@ -29,6 +33,7 @@ from fasttricks.ensemble._ensembles import (
 from fasttricks.ensemble._kfold import FoldResult, KFoldResult, kfold_fit
 from fasttricks.ensemble._predict import ACTIVATIONS, load_ensemble_member, predict_ensemble
 from fasttricks.ensemble._score import score_predictions
+from fasttricks.ensemble._seed_runs import run_seeds_in_workers
 
 __all__ = [
     "ACTIVATIONS",
@@ -41,6 +46,7 @@ __all__ = [
     "kfold_fit",
     "load_ensemble_member",
     "predict_ensemble",
+    "run_seeds_in_workers",
     "score_predictions",
     "seed_ensemble",
     "snapshot_ensemble",

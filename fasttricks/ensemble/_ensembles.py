@@ -18,16 +18,18 @@ from fasttricks._stats import summarize
 from fasttricks.ensemble._members import (
     Member,
     MemberJob,
+    MemberOptions,
     MemberRun,
     Plan,
     averaged,
     load_or_train,
-    make_plan,
     member_record,
     quiet,
     scorers,
 )
-from fasttricks.ensemble._report import announce, fmt, member_line, metrics_json, save_score_plot
+from fasttricks.ensemble._parallel import Workers
+from fasttricks.ensemble._report import announce, fmt, member_line, metrics_json
+from fasttricks.ensemble._results import EnsembleScores, MemberScores
 from fasttricks.ensemble._store import MemberStore, fingerprint, safe_load, to_plain
 
 __all__ = ["EnsembleResult", "MemberResult", "seed_ensemble", "seed_job", "snapshot_ensemble"]
@@ -36,19 +38,15 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MemberResult:
-    """One member of a seed or snapshot ensemble: its scores alone and its model file."""
+class MemberResult(MemberScores):
+    """One member of a seed or snapshot ensemble: its name, its scores alone and its model file
+    (the shared fields of :class:`~fasttricks.ensemble._results.MemberScores`, keyword-only)."""
 
     name: str
-    valid: dict[str, float]
-    test: dict[str, float] | None
-    model_path: Path
-    seconds: float
-    resumed: bool = False
 
 
 @dataclass
-class EnsembleResult:
+class EnsembleResult(EnsembleScores):
     """What :func:`seed_ensemble` and :func:`snapshot_ensemble` return.
 
     Attributes:
@@ -60,25 +58,14 @@ class EnsembleResult:
         out_dir: ``runs/<name>/seeds`` or ``runs/<name>/snapshots``.
     """
 
-    name: str
     kind: str
-    metric: str
-    direction: str
     members: list[MemberResult]
     valid_preds: torch.Tensor
     valid_targets: torch.Tensor
     valid: dict[str, float]
-    test_preds: torch.Tensor | None
-    test_targets: torch.Tensor | None
-    test: dict[str, float] | None
-    out_dir: Path
-    seconds: float = 0.0
-    plot_path: Path | None = None
 
-    @property
-    def model_paths(self) -> list[Path]:
-        """The members' model files (whole pickled modules, for :func:`predict_ensemble`)."""
-        return [m.model_path for m in self.members]
+    def member_results(self) -> list[MemberResult]:
+        return self.members
 
     def _split(self) -> str:
         return "test" if self.test is not None else "valid"
@@ -122,35 +109,26 @@ class EnsembleResult:
             f"ensemble {fmt(self.ensemble_score)} [{self.seconds:.1f}s]"
         )
 
-    def __str__(self) -> str:
-        return self.summary()
+    def _chart_name(self) -> str:
+        return f"{self.kind}.png"
 
-    def plot(self, path: str | PathLike | None = None) -> Path:
-        """Bar chart of every member's score with the ensemble's as a line; saved as PNG
-        (default ``<out_dir>/<kind>.png``), returns the path."""
-        import matplotlib.pyplot as plt
-
-        path = Path(path) if path is not None else self.out_dir / f"{self.kind}.png"
+    def _draw(self, ax: Any, x: np.ndarray) -> list[float]:
+        """Every member's score as a bar, their mean and the ensemble's score as lines."""
         scores = self.member_scores()
-        x = np.arange(len(scores))
-        fig, ax = plt.subplots(figsize=(1.0 * len(scores) + 3, 3.6))
         ax.bar(x, scores, 0.6, color="#4c72b0", label="single member")
         ax.axhline(self.mean, color="#4c72b0", ls="--", label="members' mean")
         ax.axhline(self.ensemble_score, color="#c44e52", lw=2, label="ensemble")
         ax.set_xticks(x, [m.name for m in self.members], rotation=30, fontsize=8)
         ax.set_ylabel(f"{self._split()} {self.metric}")
         ax.set_title(f"{self.name}: {self.kind} ensemble")
-        save_score_plot(fig, ax, [*scores, self.ensemble_score], path)
-        self.plot_path = path
-        return path
+        return [*scores, self.ensemble_score]
 
 
 def _ensemble_json(result: EnsembleResult) -> dict:
     return {
         "name": result.name, "kind": result.kind, "metric": result.metric,
         "direction": result.direction,
-        "members": [{"name": m.name, "valid": metrics_json(m.valid), "test": metrics_json(m.test),
-                     "seconds": m.seconds, "model": m.model_path.name} for m in result.members],
+        "members": [{"name": m.name, **m.to_json()} for m in result.members],
         "valid": metrics_json(result.valid), "test": metrics_json(result.test),
         "mean": result.mean, "std": result.std, "sem": result.sem, "summary": result.summary(),
     }
@@ -161,12 +139,7 @@ def _finish_ensemble(plan: Plan, kind: str, run: MemberRun, store: MemberStore,
     """Average the members, score the averages, write ``<kind>.png`` and ``result.json``."""
     loss_func, metrics = scorers(plan, run.learn)
     records = run.records
-    members = [
-        MemberResult(name=m.name, valid=m.record["valid"], test=m.record.get("test"),
-                     model_path=store.model_path(m.name), seconds=float(m.record["seconds"]),
-                     resumed=m.resumed)
-        for m in run.members
-    ]
+    members = [MemberResult(name=m.name, **MemberScores.fields(m, store)) for m in run.members]
     valid_preds, valid_targets, valid_scores = averaged(records, "valid", loss_func, metrics)
     test_preds, test_targets, test_scores = averaged(records, "test", loss_func, metrics)
     result = EnsembleResult(
@@ -194,31 +167,25 @@ def _checked_seeds(seeds: Sequence[int]) -> list[int]:
     return seeds
 
 
-def seed_job(
-    recipe: Any,
-    seeds: Sequence[int],
-    *,
-    overrides: Any = (),
-    test: bool = True,
-    out_dir: str | PathLike = "runs",
-    cbs: Sequence[Any] = (),
-    progress: bool = True,
-) -> tuple[Plan, MemberJob]:
-    """The plan and member job of :func:`seed_ensemble` (same arguments), untrained."""
+def seed_job(recipe: Any, seeds: Sequence[int],
+             options: MemberOptions = MemberOptions()) -> tuple[Plan, MemberJob]:
+    """The plan and member job of :func:`seed_ensemble` (same arguments, the shared ones in
+    ``options``), untrained."""
     from fasttricks.recipes import build_learner, fit_learner, set_in_recipe
 
     seeds = _checked_seeds(seeds)
-    plan = make_plan(recipe, overrides, test)
+    plan = options.plan(recipe)
     base = plan.recipe_dict()
     base.pop("seed", None)
-    store = MemberStore(Path(out_dir) / plan.name / "seeds",
+    store = MemberStore(Path(options.out_dir) / plan.name / "seeds",
                         fingerprint({"recipe": base, "test": plan.has_test}))
+    cbs, progress = list(options.cbs), options.progress
 
     def train(i: int, name: str) -> tuple[dict, Any]:
         seeded = set_in_recipe(plan.recipe, "seed", seeds[i])
         learn = build_learner(seeded, splits=plan.splits)
         with quiet(learn, progress):
-            fit_learner(learn, seeded, cbs=list(cbs))
+            fit_learner(learn, seeded, cbs=cbs)
         return member_record(learn, plan.has_test), learn
 
     return plan, MemberJob(store=store, names=[f"seed_{s}" for s in seeds], train=train)
@@ -258,32 +225,22 @@ def seed_ensemble(
         out_dir: the runs folder (default ``"runs"``).
         cbs: extra fastai callbacks for every fit.
         progress: show fastai's progress and one line per seed (default True).
-        workers, gpus, storage, threads: train the seeds in worker processes, as in
-            :func:`~fasttricks.ensemble.kfold_fit` (default: one after another here).
+        workers, gpus, storage, threads: train the seeds in worker processes, each claimed
+            once, as in :func:`~fasttricks.ensemble.kfold_fit` (default: one after another
+            here); the results are those of the sequential run with the same thread count.
 
     Example::
 
         result = seed_ensemble("mnist1d", seeds=range(5))
         result.mean, result.std, result.sem, result.ensemble_score
     """
-    from fasttricks._validate import check_range
-
     started = time.perf_counter()
-    check_range("workers", workers, low=1)
+    where = Workers(workers, gpus, storage, threads)
     seeds = _checked_seeds(seeds)
-    plan, job = seed_job(recipe, seeds, overrides=overrides, test=test, out_dir=out_dir, cbs=cbs,
-                         progress=progress)
+    options = MemberOptions(overrides, test, out_dir, cbs, progress)
+    plan, job = seed_job(recipe, seeds, options)
     plan.save_recipe(job.store.folder)
-    if workers > 1 or storage is not None:
-        from fasttricks.ensemble._parallel import run_workers
-
-        if cbs:
-            raise ValueError("cbs cannot be sent to worker processes: use workers=1 with "
-                             f"extra callbacks, got cbs={list(cbs)!r}")
-        spec = {"kind": "seeds", "recipe": plan.recipe_dict(),
-                "kwargs": {"seeds": seeds, "test": test, "out_dir": str(out_dir)}}
-        run_workers(spec, job, workers=workers, gpus=gpus, storage=storage, threads=threads,
-                    progress=progress)
+    where.run(options.spec("seeds", plan, seeds=seeds), job, cbs=cbs, progress=progress)
     store = job.store
 
     def report(m: Member) -> None:
@@ -380,6 +337,7 @@ def snapshot_ensemble(
     out_dir: str | PathLike = "runs",
     cbs: Sequence[Any] = (),
     progress: bool = True,
+    workers: int = 1,
 ) -> EnsembleResult:
     """Train through ``cycles`` learning-rate cycles, snapshot after each, average the snapshots.
 
@@ -405,6 +363,10 @@ def snapshot_ensemble(
         out_dir: the runs folder (default ``"runs"``).
         cbs: extra fastai callbacks for every cycle.
         progress: show fastai's progress and one line per cycle (default True).
+        workers: only 1: the snapshots are one fit, each cycle continuing from the previous
+            one, so there are no independent members to share out (any other value is a
+            ``ValueError``; use :func:`seed_ensemble` or :func:`kfold_fit` for parallel
+            members).
 
     Example::
 
@@ -414,9 +376,13 @@ def snapshot_ensemble(
     from fasttricks.recipes import build_learner
 
     started = time.perf_counter()
+    if workers != 1:
+        raise ValueError(f"workers={workers!r}: a snapshot ensemble is one fit (each cycle "
+                         "continues from the previous one), so workers does not apply; allowed "
+                         "is 1 (seed_ensemble and kfold_fit train members in parallel)")
     cycles = _check_count("cycles", cycles)
     epochs = _check_count("epochs", epochs, optional=True)
-    plan = make_plan(recipe, overrides, test)
+    plan = MemberOptions(overrides, test).plan(recipe)
     store = MemberStore(Path(out_dir) / plan.name / "snapshots", fingerprint(
         {"recipe": plan.recipe_dict(), "epochs": epochs, "test": plan.has_test}))
     plan.save_recipe(store.folder)

@@ -6,6 +6,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -18,21 +19,22 @@ from fasttricks._stats import summarize
 from fasttricks.ensemble._members import (
     Member,
     MemberJob,
+    MemberOptions,
     Plan,
     averaged,
     load_or_train,
-    make_plan,
     member_record,
     quiet,
     scorers,
 )
+from fasttricks.ensemble._parallel import Workers
 from fasttricks.ensemble._report import (
     announce,
     fmt,
     metrics_json,
     predictions_frame,
-    save_score_plot,
 )
+from fasttricks.ensemble._results import EnsembleScores, MemberScores
 from fasttricks.ensemble._score import score_predictions
 from fasttricks.ensemble._store import MemberStore, fingerprint
 from fasttricks.metrics import lower_is_better
@@ -41,25 +43,21 @@ __all__ = ["FoldResult", "KFoldResult", "kfold_fit", "kfold_job"]
 
 
 @dataclass
-class FoldResult:
+class FoldResult(MemberScores):
     """One fold of :func:`kfold_fit`: its indices into the pool, its model's scores on the
     held-out fold (``valid``) and the test split (``test``), the best epoch and monitored value
-    that :class:`~fasttricks.callbacks.SaveBestCallback` kept, and the model file."""
+    that :class:`~fasttricks.callbacks.SaveBestCallback` kept, and the model file (the shared
+    fields of :class:`~fasttricks.ensemble._results.MemberScores`, keyword-only)."""
 
     fold: int
     train_idx: np.ndarray
     valid_idx: np.ndarray
-    valid: dict[str, float]
-    test: dict[str, float] | None
     best_epoch: int | None
     best_value: float | None
-    model_path: Path
-    seconds: float
-    resumed: bool = False
 
 
 @dataclass
-class KFoldResult:
+class KFoldResult(EnsembleScores):
     """What :func:`kfold_fit` returns.
 
     Attributes:
@@ -75,26 +73,16 @@ class KFoldResult:
         out_dir: the ``runs/<name>/kfold`` folder.
     """
 
-    name: str
     n_splits: int
     seed: int
-    metric: str
-    direction: str
     folds: list[FoldResult]
     oof_preds: torch.Tensor
     oof_targets: torch.Tensor
     oof: dict[str, float]
-    test_preds: torch.Tensor | None
-    test_targets: torch.Tensor | None
-    test: dict[str, float] | None
-    out_dir: Path
-    seconds: float = 0.0
-    plot_path: Path | None = None
+    bar_inches: ClassVar[float] = 1.2
 
-    @property
-    def model_paths(self) -> list[Path]:
-        """The fold models (whole pickled modules, for :func:`predict_ensemble`)."""
-        return [f.model_path for f in self.folds]
+    def member_results(self) -> list[FoldResult]:
+        return self.folds
 
     @property
     def fold_scores(self) -> list[float]:
@@ -137,17 +125,12 @@ class KFoldResult:
             )
         return line + f" [{self.seconds:.1f}s]"
 
-    def __str__(self) -> str:
-        return self.summary()
+    def _chart_name(self) -> str:
+        return "kfold.png"
 
-    def plot(self, path: str | PathLike | None = None) -> Path:
-        """Bar chart of the per-fold scores (held-out and test) with the OOF and test-ensemble
-        scores as lines; saved as PNG (default ``<out_dir>/kfold.png``), returns the path."""
-        import matplotlib.pyplot as plt
-
-        path = Path(path) if path is not None else self.out_dir / "kfold.png"
-        x = np.arange(self.n_splits)
-        fig, ax = plt.subplots(figsize=(1.2 * self.n_splits + 3, 3.6))
+    def _draw(self, ax: Any, x: np.ndarray) -> list[float]:
+        """The per-fold scores (held-out and test) as bars, the OOF and test-ensemble scores
+        as lines."""
         width = 0.38 if self.test is not None else 0.6
         ax.bar(x - (width / 2 if self.test is not None else 0), self.fold_scores, width,
                label="held-out fold", color="#4c72b0")
@@ -161,9 +144,7 @@ class KFoldResult:
         ax.set_xticks(x, [f"fold {i}" for i in x])
         ax.set_ylabel(self.metric)
         ax.set_title(f"{self.name}: {self.n_splits}-fold ({self.direction} {self.metric})")
-        save_score_plot(fig, ax, values, path)
-        self.plot_path = path
-        return path
+        return values
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,13 +206,11 @@ class _FoldTrainer:
 
 
 def _fold_result(member: Member, folds: list, store: MemberStore) -> FoldResult:
-    record = member.record
     train_idx, valid_idx = folds[member.index]
     return FoldResult(
-        fold=member.index, train_idx=train_idx, valid_idx=valid_idx, valid=record["valid"],
-        test=record.get("test"), best_epoch=record["best_epoch"],
-        best_value=record["best_value"], model_path=store.model_path(member.name),
-        seconds=float(record["seconds"]), resumed=member.resumed,
+        fold=member.index, train_idx=train_idx, valid_idx=valid_idx,
+        best_epoch=member.record["best_epoch"], best_value=member.record["best_value"],
+        **MemberScores.fields(member, store),
     )
 
 
@@ -271,9 +250,7 @@ def _kfold_json(result: KFoldResult) -> dict:
         "test": metrics_json(result.test),
         "folds": [
             {"fold": f.fold, "n_train": len(f.train_idx), "n_valid": len(f.valid_idx),
-             "valid": metrics_json(f.valid), "test": metrics_json(f.test),
-             "best_epoch": f.best_epoch, "best_value": f.best_value, "seconds": f.seconds,
-             "model": f.model_path.name}
+             "best_epoch": f.best_epoch, "best_value": f.best_value, **f.to_json()}
             for f in result.folds
         ],
         "summary": result.summary(),
@@ -303,25 +280,22 @@ def kfold_job(
     recipe: Any,
     n_splits: int = 5,
     seed: int = 0,
-    test: bool = True,
     *,
-    overrides: Any = (),
     stratify: bool = True,
     groups: Sequence[Any] | np.ndarray | None = None,
-    out_dir: str | PathLike = "runs",
-    cbs: Sequence[Any] = (),
-    progress: bool = True,
+    options: MemberOptions = MemberOptions(),
 ) -> tuple[Plan, list, MemberJob]:
-    """The plan, the folds and the member job of :func:`kfold_fit` (same arguments), without
-    training anything; a worker process trains single folds of it."""
+    """The plan, the folds and the member job of :func:`kfold_fit` (same arguments, the shared
+    ones in ``options``), without training anything; a worker process trains single folds of
+    it."""
     from fasttricks.data import kfold_splits
 
-    plan = make_plan(recipe, overrides, test)
+    plan = options.plan(recipe)
     pool = plan.splits.pool()
     folds = kfold_splits(pool.y, n_splits=n_splits, seed=seed, stratify=stratify, groups=groups)
-    kdir = Path(out_dir) / plan.name / "kfold"
+    kdir = Path(options.out_dir) / plan.name / "kfold"
     store = _kfold_store(plan, kdir, n_splits, seed, stratify, groups)
-    trainer = _FoldTrainer(plan, folds, kdir, n_splits, cbs, progress)
+    trainer = _FoldTrainer(plan, folds, kdir, n_splits, options.cbs, options.progress)
     job = MemberJob(store=store, names=[f"fold_{i}" for i in range(len(folds))], train=trainer,
                     accept=trainer.accept)
     return plan, folds, job
@@ -402,30 +376,19 @@ def kfold_fit(
         result.plot()                                      # runs/digits/kfold/kfold.png
         probs = predict_ensemble(result.model_paths, dls.test_dl(new_items))
     """
-    from fasttricks._validate import check_range
-
     started = time.perf_counter()
-    check_range("workers", workers, low=1)
-    plan, folds, job = kfold_job(recipe, n_splits, seed, test, overrides=overrides,
-                                 stratify=stratify, groups=groups, out_dir=out_dir, cbs=cbs,
-                                 progress=progress)
+    where = Workers(workers, gpus, storage, threads)
+    options = MemberOptions(overrides, test, out_dir, cbs, progress)
+    plan, folds, job = kfold_job(recipe, n_splits, seed, stratify=stratify, groups=groups,
+                                 options=options)
     pool = plan.splits.pool()
     kdir = job.store.folder
     plan.save_recipe(kdir)
     announce(f"k-fold {plan.name}: {n_splits} folds of {len(pool)} items, monitoring "
              f"{plan.metric_name} ({plan.direction}); results in {kdir}", progress)
-    if workers > 1 or storage is not None:
-        from fasttricks.ensemble._parallel import run_workers
-
-        if cbs:
-            raise ValueError("cbs cannot be sent to worker processes: use workers=1 with "
-                             f"extra callbacks, got cbs={list(cbs)!r}")
-        spec = {"kind": "kfold", "recipe": plan.recipe_dict(), "kwargs": {
-            "n_splits": n_splits, "seed": seed, "test": test, "stratify": stratify,
-            "groups": None if groups is None else np.asarray(groups).tolist(),
-            "out_dir": str(out_dir)}}
-        run_workers(spec, job, workers=workers, gpus=gpus, storage=storage, threads=threads,
-                    progress=progress)
+    spec = options.spec("kfold", plan, n_splits=n_splits, seed=seed, stratify=stratify,
+                        groups=None if groups is None else np.asarray(groups).tolist())
+    where.run(spec, job, cbs=cbs, progress=progress)
 
     run = load_or_train(job.store, job.names, job.train, accept=job.accept,
                         on_member=lambda m: announce(_fold_line(m, n_splits, plan.key), progress))

@@ -11,6 +11,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from os import PathLike
 from typing import Any
 
 import torch
@@ -21,8 +22,8 @@ from fasttricks.ensemble._score import score_predictions
 from fasttricks.ensemble._store import MemberStore
 from fasttricks.metrics import metric_direction
 
-__all__ = ["Member", "MemberJob", "MemberRun", "Plan", "averaged", "load_or_train",
-           "make_plan", "member_record", "quiet", "scorers", "train_member"]
+__all__ = ["Member", "MemberJob", "MemberOptions", "MemberRun", "Plan", "averaged",
+           "load_or_train", "make_plan", "member_record", "quiet", "scorers", "train_member"]
 
 # train(index, name) -> (record without "seconds", the trained learner)
 TrainMember = Callable[[int, str], tuple[dict, Any]]
@@ -92,6 +93,44 @@ def make_plan(recipe: Any, overrides: Any, test: bool) -> Plan:
         key=_metric_key(metric_name), direction=metric_direction(metric_name), splits=splits,
         has_test=bool(test) and splits.test is not None and len(splits.test) > 0,
     )
+
+
+@dataclass(frozen=True)
+class MemberOptions:
+    """The settings every ensemble's members share: the keyword arguments of the same names of
+    :func:`~fasttricks.ensemble.kfold_fit`, :func:`~fasttricks.ensemble.seed_ensemble` and
+    :func:`~fasttricks.ensemble.snapshot_ensemble`.
+
+    Attributes:
+        overrides: ``"dotted.key=value"`` strings or a mapping applied to the recipe.
+        test: also predict and score the test split (default True).
+        out_dir: the runs folder (default ``"runs"``).
+        cbs: extra fastai callbacks for every member's fit.
+        progress: show fastai's progress and one line per member (default True).
+    """
+
+    overrides: Any = ()
+    test: bool = True
+    out_dir: str | PathLike = "runs"
+    cbs: Sequence[Any] = ()
+    progress: bool = True
+
+    def plan(self, recipe: Any) -> Plan:
+        """The validated recipe (with ``overrides``) and its data, loaded once."""
+        return make_plan(recipe, self.overrides, self.test)
+
+    def spec(self, kind: str, plan: Plan, **kwargs: Any) -> dict:
+        """The JSON-able description from which a worker process rebuilds the same job: the
+        job kind, the recipe with its overrides applied, these settings and the kind's own
+        ``kwargs``."""
+        return {"kind": kind, "recipe": plan.recipe_dict(), "test": bool(self.test),
+                "out_dir": str(self.out_dir), "kwargs": kwargs}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> MemberOptions:
+        """The options a worker process runs a :meth:`spec` with: no overrides (they are in
+        the recipe already), no callbacks, no progress bars."""
+        return cls(test=bool(spec.get("test", True)), out_dir=spec["out_dir"], progress=False)
 
 
 def quiet(learn: Any, progress: bool) -> contextlib.AbstractContextManager:

@@ -32,13 +32,15 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fasttricks._io import write_json
 from fasttricks.ensemble._members import MemberJob, train_member
 
-__all__ = ["MEMBER_PARAM", "SPEC_NAME", "claim_member", "run_workers", "work", "worker_threads"]
+__all__ = ["MEMBER_PARAM", "SPEC_NAME", "Workers", "claim_member", "run_workers", "work",
+           "worker_threads"]
 
 _log = logging.getLogger(__name__)
 
@@ -284,6 +286,47 @@ def run_workers(
     if left:
         raise RuntimeError(f"the workers ended with members unfinished: {left}; their output "
                            f"above says why (rerun the same command to continue)")
+
+
+@dataclass(frozen=True)
+class Workers:
+    """Where an ensemble's members train: the ``workers``, ``gpus``, ``storage`` and ``threads``
+    arguments of :func:`~fasttricks.ensemble.kfold_fit` and
+    :func:`~fasttricks.ensemble.seed_ensemble` (``--workers``, ``--gpus``, ``--storage``,
+    ``--threads`` of ``python -m fasttricks.train``).
+
+    With one worker and no storage (the default) the members train one after another in the
+    calling process; otherwise :meth:`run` trains them in worker processes first
+    (:func:`run_workers`), and the caller's one-after-another loop then finds every member on
+    disk.
+    """
+
+    workers: int = 1
+    gpus: Sequence[str] | None = None
+    storage: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        from fasttricks._validate import check_range
+
+        check_range("workers", self.workers, low=1)
+
+    @property
+    def parallel(self) -> bool:
+        """Whether the members train in worker processes."""
+        return self.workers > 1 or self.storage is not None
+
+    def run(self, spec: dict, job: MemberJob, *, cbs: Sequence[Any] = (),
+            progress: bool = True) -> None:
+        """Train ``job``'s unfinished members in worker processes (nothing when not
+        :attr:`parallel`); ``spec`` is the job's description for the workers."""
+        if not self.parallel:
+            return
+        if cbs:
+            raise ValueError("cbs cannot be sent to worker processes: use workers=1 with "
+                             f"extra callbacks, got cbs={list(cbs)!r}")
+        run_workers(spec, job, workers=self.workers, gpus=self.gpus, storage=self.storage,
+                    threads=self.threads, progress=progress)
 
 
 def read_spec(path: str | os.PathLike[str]) -> dict:

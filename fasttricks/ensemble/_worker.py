@@ -13,26 +13,31 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from fasttricks.ensemble._ensembles import seed_job
 from fasttricks.ensemble._kfold import kfold_job
-from fasttricks.ensemble._members import MemberJob
+from fasttricks.ensemble._members import MemberJob, MemberOptions
 from fasttricks.ensemble._parallel import open_study, read_spec, work
+from fasttricks.ensemble._seed_runs import seed_runs_job
 
 __all__ = ["JOB_KINDS", "build_job", "main"]
 
 
-def _kfold(recipe: Any, kwargs: dict) -> MemberJob:
-    return kfold_job(recipe, progress=False, **kwargs)[2]
+def _kfold(spec: dict) -> MemberJob:
+    return kfold_job(spec["recipe"], options=MemberOptions.from_spec(spec), **spec["kwargs"])[2]
 
 
-def _seeds(recipe: Any, kwargs: dict) -> MemberJob:
-    return seed_job(recipe, progress=False, **kwargs)[1]
+def _seeds(spec: dict) -> MemberJob:
+    return seed_job(spec["recipe"], options=MemberOptions.from_spec(spec), **spec["kwargs"])[1]
 
 
-# kind -> build(recipe, kwargs) -> MemberJob
-JOB_KINDS: dict[str, Callable[[Any, dict], MemberJob]] = {"kfold": _kfold, "seeds": _seeds}
+def _seed_runs(spec: dict) -> MemberJob:
+    return seed_runs_job(spec["recipe"], out_dir=spec["out_dir"], **spec["kwargs"])
+
+
+# kind -> build(spec) -> MemberJob: a k-fold job, a seed ensemble, the run folders of --seeds
+JOB_KINDS: dict[str, Callable[[dict], MemberJob]] = {
+    "kfold": _kfold, "seeds": _seeds, "seed_runs": _seed_runs}
 
 
 def build_job(spec: dict) -> MemberJob:
@@ -40,7 +45,7 @@ def build_job(spec: dict) -> MemberJob:
     kind = spec.get("kind")
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown member job kind {kind!r}; known: {sorted(JOB_KINDS)}")
-    job = JOB_KINDS[kind](spec["recipe"], dict(spec["kwargs"]))
+    job = JOB_KINDS[kind](spec)
     if spec.get("fingerprint") not in (None, job.store.fingerprint):
         raise ValueError(f"the job in {job.store.folder} was rebuilt with other settings "
                          f"(fingerprint {job.store.fingerprint}, expected "

@@ -307,11 +307,14 @@ def run_seeds(
     The summary holds n / mean / std / stderr / min / max (:func:`fasttricks._stats.summarize`)
     of the test value of the primary metric and of the test loss. With ``out_dir`` each seed
     goes to ``<out_dir>/<name>/seed_<s>/`` and the table and summary to ``seeds.csv`` /
-    ``seeds.json`` beside them. Prints one summary line per seed.
+    ``seeds.json`` beside them; a seed whose folder already holds a whole run of this recipe
+    with that seed (:func:`fasttricks.runs.finished_run`) is not trained again, so a rerun
+    or a run with more seeds continues where the last one stopped. Prints one summary line per
+    seed.
     """
     from fasttricks._io import atomic_write_csv, write_json
     from fasttricks._stats import summarize
-    from fasttricks.runs import summary_line
+    from fasttricks.runs import finished_run, saved_summary_line, summary_line
 
     recipe = _recipe(recipe)
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
@@ -319,12 +322,20 @@ def run_seeds(
     metric, direction = primary_metric(recipe)
     key = "loss" if metric == "valid_loss" else metric
     base = Path(out_dir) / recipe["name"] if out_dir else None
-    seeds = range(recipe["seed"], recipe["seed"] + n_seeds)
     rows = []
-    for seed, result in seed_runs(recipe, seeds, progress=progress, run_dir=base):
-        print(summary_line(result), flush=True)
-        rows.append({"seed": seed, f"test_{key}": result.test[key],
-                     "test_loss": result.test["loss"], f"valid_{key}": result.valid[key]})
+    for seed in range(recipe["seed"], recipe["seed"] + n_seeds):
+        done = None
+        if base is not None:
+            done = finished_run(base / f"seed_{seed}", set_in_recipe(recipe, "seed", seed))
+        if done is not None:
+            valid, test = done["valid"], done["test"]
+            line = f"{saved_summary_line(base / f'seed_{seed}', done)} (already done)"
+        else:
+            ((_, result),) = seed_runs(recipe, [seed], progress=progress, run_dir=base)
+            valid, test, line = result.valid, result.test, summary_line(result)
+        print(line, flush=True)
+        rows.append({"seed": seed, f"test_{key}": _score(test, key),
+                     "test_loss": _score(test, "loss"), f"valid_{key}": _score(valid, key)})
     table = pd.DataFrame(rows)
     summary = {"name": recipe["name"], "metric": key, "direction": direction,
                "test": summarize(table[f"test_{key}"]),
@@ -333,3 +344,9 @@ def run_seeds(
         atomic_write_csv(table, base / "seeds.csv")
         write_json(base / "seeds.json", summary)
     return table, summary
+
+
+def _score(scores: Mapping[str, Any], name: str) -> float:
+    """A score as a float; nan where a run folder's strict JSON holds null."""
+    value = scores[name]
+    return float("nan") if value is None else float(value)
