@@ -53,7 +53,8 @@ from ._config import (
     optimizer_config_mapping,
     register_optimizer,
 )
-from ._decay import WeightDecayRules, decay_share
+from ._decay import WeightDecayRules
+from ._decay_share import decay_share
 from ._factory import OptFunc, create_optimizer, get_optimizer
 from ._ranger import Ranger, RangerAdaBelief
 from ._torch_optims import SGD, AdamW, RMSprop
