@@ -7,6 +7,9 @@ epochs, training time and its ``valid_<name>`` / ``test_<name>`` scores. It is w
 and as a markdown table::
 
     python -m fasttricks.runs table runs/ --out results.csv --sort test_accuracy
+
+:func:`trial_row` is the in-memory counterpart for a notebook or script comparing tricks: it
+runs one recipe variant and returns its row (label, changes, test score, seconds, status).
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ import argparse
 import json
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from fasttricks._errors import print_error
+from fasttricks._errors import error_line, print_error
 from fasttricks._io import atomic_write_csv, atomic_write_text
 
-__all__ = ["find_runs", "main", "results_table", "to_markdown", "write_table"]
+__all__ = ["find_runs", "main", "results_table", "to_markdown", "trial_row", "trial_summary",
+           "write_table"]
 
 
 def find_runs(root: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
@@ -107,6 +112,44 @@ def results_table(root: str | os.PathLike[str], sort: str | None = None) -> pd.D
     if sort is not None:
         table = _sorted(table, sort)
     return table
+
+
+def trial_row(label: str, recipe: Any, changes: Mapping[str, Any] | None = None,
+              out_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Run ``recipe`` with ``changes`` (dotted keys) and return one row of a comparison table.
+
+    The row: ``label``, ``changes``, ``seconds`` (wall clock of the whole run: build, fit,
+    evaluation), ``test <metric>`` (the recipe's primary metric on the test split, ``test
+    loss`` without metrics), ``status`` and ``result`` (the
+    :class:`~fasttricks.recipes.RunResult`). A run the NaN guard stops is a row too: score
+    ``nan``, ``status`` the guard's one-line reason (fastai's event prefix removed), ``result``
+    None; anything else that goes wrong is raised. ``status`` is ``"ok"`` otherwise.
+    ``pd.DataFrame(rows)`` of several rows is the table; ``out_dir`` also writes the run folder
+    (:func:`fasttricks.recipes.run_recipe`).
+    """
+    from fasttricks.callbacks import NonFiniteLossError
+    from fasttricks.recipes import load_recipe, primary_metric, run_recipe
+
+    changes = dict(changes or {})
+    recipe = load_recipe(recipe, changes)
+    metric, _ = primary_metric(recipe)
+    key = "loss" if metric == "valid_loss" else metric
+    start = time.perf_counter()
+    try:
+        result = run_recipe(recipe, out_dir=out_dir, progress=False)
+        score, status = float(result.test[key]), "ok"
+    except NonFiniteLossError as err:
+        result, score = None, math.nan
+        status = error_line(err)
+    return {"label": label, "changes": changes, "seconds": time.perf_counter() - start,
+            f"test {key}": score, "status": status, "result": result}
+
+
+def trial_summary(row: Mapping[str, Any]) -> str:
+    """One line for a :func:`trial_row` row: label, test score, seconds, and a stop's reason."""
+    name, score = next((k, v) for k, v in row.items() if k.startswith("test "))
+    line = f"{row['label']:28s} {name} {score:.4f}  {row['seconds']:5.1f} s"
+    return line if row["status"] == "ok" else f"{line}\n  {row['status']}"
 
 
 def _lower_is_better(column: str) -> bool:

@@ -203,6 +203,24 @@ def test_study_correlation_on_a_constructed_study(tmp_path, sign):
     assert len(seen) == 3
 
 
+def test_study_correlation_retrains_with_the_studys_threads(tmp_path):
+    import torch
+
+    from fasttricks.tune import TuneOptions
+
+    folder = _fake_study(tmp_path, [0.5, 0.6, 0.7])
+    TuneOptions(threads=3).save(folder / "options.json")
+    before = torch.get_num_threads()
+    seen = []
+
+    def evaluate(recipe, metric):
+        seen.append(torch.get_num_threads())
+        return 0.5
+
+    study_correlation(folder, evaluate=evaluate, progress=False, write=False)
+    assert seen == [3, 3, 3] and torch.get_num_threads() == before != 3
+
+
 def test_study_cli_retrains_trials_and_reports(tmp_path, capsys):
     folder = _fake_study(tmp_path, [0.5, 0.6, 0.7])
     assert main(["--study", str(folder), "--top", "3", "--no-progress"]) == 0

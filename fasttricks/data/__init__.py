@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fasttricks._labels import CLASS_WEIGHT_METHODS, class_weights
 from fasttricks.data.folds import kfold_splits
-from fasttricks.data.splits import stratified_split
+from fasttricks.data.splits import label_rate_gaps, stratified_split
 from fasttricks.data.subsets import drop_class_indices
 from fasttricks.data.sampling import (
     WeightedSampler,
@@ -25,6 +25,7 @@ __all__ = [
     "drop_class_indices",
     "item_weights",
     "kfold_splits",
+    "label_rate_gaps",
     "oversample",
     "oversample_indices",
     "stratified_split",

@@ -11,7 +11,8 @@ that label, so rare labels are spread first. Part sizes follow the labels rather
 exact fractions: on the built-in ``multilabel`` set (3,000 items, 15% / 20% asked) valid and
 test get 440 and 611 items, and the largest train/valid gap in a label's rate falls from 0.044
 (one shuffle) to 0.007. Single-label (1-D) labels are one-hot encoded and split the same way, which
-keeps each class's share in each part to within about one item.
+keeps each class's share in each part to within about one item. :func:`label_rate_gaps`
+measures that gap for any split or set of folds.
 """
 
 from __future__ import annotations
@@ -24,9 +25,32 @@ import numpy as np
 from fasttricks._validate import check_range
 from fasttricks.data.folds import _as_label_array
 
-__all__ = ["stratified_split"]
+__all__ = ["label_rate_gaps", "stratified_split"]
 
 logger = logging.getLogger(__name__)
+
+
+def label_rate_gaps(labels: Any, parts: Any) -> np.ndarray:
+    """How far each part's label rates stray from the overall rates: ``(n_parts, n_labels)``.
+
+    ``|mean(labels[part]) - mean(labels)|`` per label, as a fraction (x100 for percentage
+    points); ``labels`` are multi-hot rows or class indices (one-hot encoded, one column per
+    class), ``parts`` index arrays (a split's parts, or the held-out side of each fold). The
+    worst entry is what hurts a rare label's score on that part (Sechidis et al. 2011).
+
+    Raises:
+        ValueError: no parts, or an empty part.
+    """
+    y = _as_label_array(labels)
+    if y.ndim == 1:
+        y = (y[:, None] == np.unique(y)[None, :])
+    y = y.astype(float)
+    parts = [np.asarray(p) for p in parts]
+    if not parts or any(p.size == 0 for p in parts):
+        raise ValueError(f"label_rate_gaps needs one or more non-empty parts, got sizes "
+                         f"{[int(p.size) for p in parts]}")
+    rate = y.mean(0)
+    return np.abs(np.stack([y[p].mean(0) for p in parts]) - rate)
 
 
 def stratified_split(

@@ -149,12 +149,13 @@ def val_test_correlation(
 # studies
 
 
-def _open_study(study_dir: Path) -> tuple[Any, Any, dict]:
-    """The study stored for ``study_dir``, its base recipe and its parsed space."""
+def _open_study(study_dir: Path) -> tuple[Any, Any, dict, int]:
+    """The study stored for ``study_dir``, its base recipe, its parsed space and the torch
+    threads its trials trained with (the tuner's default when options.json does not say)."""
     import optuna
 
     from fasttricks.recipes import load_recipe
-    from fasttricks.tune._options import OPTIONS_FILE, TuneOptions
+    from fasttricks.tune._options import OPTIONS_FILE, TuneOptions, default_threads
     from fasttricks.tune._space import load_space
     from fasttricks.tune._storage import make_storage
 
@@ -173,7 +174,9 @@ def _open_study(study_dir: Path) -> tuple[Any, Any, dict]:
             storage, name, root=study_dir.parent))
     except KeyError:
         raise KeyError(f"no study named {name!r} in the storage of {str(study_dir)!r}") from None
-    return study, load_recipe(study_dir / "recipe.yaml"), load_space(study_dir / "space.yaml")
+    threads = saved.threads if saved is not None and saved.threads else default_threads(1)
+    return (study, load_recipe(study_dir / "recipe.yaml"), load_space(study_dir / "space.yaml"),
+            int(threads))
 
 
 def _test_of(recipe: Any, metric: str) -> float:
@@ -205,8 +208,9 @@ def study_correlation(
 
     A trial's recipe is the study's base ``recipe.yaml`` with the trial's parameters
     (:func:`fasttricks.tune._space.apply_params`); trial models are not kept, so each is
-    retrained (same recipe, same seed) and its final model scored on the test split. The
-    validation value is the one the study recorded for the trial (what the tuner chose by).
+    retrained (same recipe, same seed, same torch threads as the study's trials) and its final
+    model scored on the test split. The validation value is the one the study recorded for the
+    trial (what the tuner chose by).
 
     Writes into the study folder: ``correlation.csv`` (trial, valid, test), ``correlation.png``
     (the scatter plot), ``correlation.json`` (rho, tau, p-values, verdict), and a column
@@ -224,11 +228,12 @@ def study_correlation(
 
     from fasttricks.metrics import metric_direction
     from fasttricks.tune._space import apply_params
+    from fasttricks.tune._study import _torch_threads
 
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise ValueError(f"top must be a positive number of trials, got {top!r}")
     study_dir = Path(study_dir)
-    study, base, space = _open_study(study_dir)
+    study, base, space, threads = _open_study(study_dir)
     metric = study.user_attrs.get("metric")
     if metric is None:
         from fasttricks.recipes import primary_metric
@@ -254,7 +259,8 @@ def study_correlation(
     for trial in loop:
         params = trial.params
         recipe = apply_params(base, space, lambda param, params=params: params[param.key])
-        tests.append(float(scorer(recipe, metric)))
+        with _torch_threads(threads):  # as the tuner trained it: fast on a shared CPU
+            tests.append(float(scorer(recipe, metric)))
         if progress:
             loop.comment = (f"trial {trial.number}: valid {trial.value:.4f}, test "
                             f"{tests[-1]:.4f}")

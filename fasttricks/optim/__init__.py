@@ -33,6 +33,8 @@ non-float tensors) use the foreach path. ``get_optimizer(name, compile=True)`` (
 names) runs each step as one ``torch.compile``d function instead: about fused AdamW's speed for
 every variant, after a compile of tens of seconds the first time (cached on disk); it falls back
 to the eager step, with one warning, where compiling fails. Keep the default for short fits.
+``decay_share(model, name, loss_func, batch)`` shows, per parameter, what one step's weight
+decay did (1 decoupled, 0 none, anything else L2).
 
 Example::
 
@@ -52,6 +54,7 @@ from ._config import (
     register_optimizer,
 )
 from ._decay import WeightDecayRules
+from ._decay_share import decay_share
 from ._factory import OptFunc, create_optimizer, get_optimizer
 from ._ranger import Ranger, RangerAdaBelief
 from ._torch_optims import SGD, AdamW, RMSprop
@@ -67,6 +70,7 @@ __all__ = [
     "WeightDecayRules",
     "config_from_torch_class",
     "create_optimizer",
+    "decay_share",
     "get_config",
     "get_optimizer",
     "list_optimizers",

@@ -9,6 +9,8 @@ Two switches, as in fastai:
 
 The rule is applied per parameter inside ``step``, so the parameter groups stay exactly what
 the caller (e.g. a fastai splitter) made; nothing is split into extra groups.
+:func:`fasttricks.optim.decay_share` measures, on a real model and batch, what the rule did to
+each parameter.
 """
 
 from __future__ import annotations
