@@ -260,7 +260,8 @@ def resize_crop(x: torch.Tensor, box: tuple[float, float, float, float], size: i
                 full: tuple[int, int] | None = None) -> torch.Tensor:
     """Crop ``box`` (left, top, right, bottom in full-image pixels) out of the uint8 image ``x``
     and resize it to ``size x size``: bilinear with antialiasing, as PIL's ``Image.resize``
-    (the uint8 kernel of ``torch.nn.functional.interpolate``; within 1-3 grey levels of PIL).
+    (the uint8 kernel of ``torch.nn.functional.interpolate``: PIL's values but for fixed-point
+    rounding, a mean difference under 0.1 grey levels).
 
     ``full`` is the full image's (w, h) when ``x`` was decoded at a reduced (draft) scale; the
     box is then scaled to ``x`` and rounded to whole pixels.
@@ -770,10 +771,15 @@ def image_dataloaders(
         num_workers: worker processes (:func:`resolve_num_workers`).
         pin_memory: page-locked batches; ``"auto"`` = on when ``device`` is CUDA.
     """
-    import pandas as pd
     from fastai.data.block import CategoryBlock, DataBlock, MultiCategoryBlock, TransformBlock
     from fastai.data.transforms import ColReader, ColSplitter, IntToFloatTensor, Normalize
     size = int(splits.info.get("size", 64))
+    empty = [name for name in ("train", "valid", "test") if len(getattr(splits, name)) == 0]
+    if empty:
+        counts = ", ".join(f"{n} {len(getattr(splits, n))}" for n in ("train", "valid", "test"))
+        where = splits.info.get("name", "image data")
+        raise ValueError(f"{where}: the {' and '.join(empty)} split(s) are empty ({counts} "
+                         "images); every split needs at least one image")
     if augment is True:
         augment = dict(AUGMENT_DEFAULTS)
     elif augment:
