@@ -283,6 +283,8 @@ def test_projective_grid_is_affine_grid_for_affine_matrices_and_divides_otherwis
 
 
 @pytest.mark.parametrize("options", [{}, {"flip_vert": True}, {"min_scale": 0.75},
+                                     {"min_scale": 0.75, "max_rotate": 0.0, "max_warp": 0.0,
+                                      "max_zoom": 1.0},
                                      {"max_rotate": 45.0, "max_zoom": 2.0, "max_warp": 0.4,
                                       "max_lighting": 0.5, "pad_mode": "zeros"}])
 def test_fused_batch_augmentation_matches_fastais_aug_transforms(options):

@@ -3,14 +3,21 @@
 The pipeline follows fastai's presizing (Howard & Gugger, *Deep Learning for Coders*, ch. 5):
 every item is decoded and resized once to a larger ``presize``, then the batch-level
 ``aug_transforms`` (flip, rotation, zoom, lighting, warp, random-resized crop) compose into one
-interpolation to the final ``size``. Three choices make it fast:
+interpolation to the final ``size``. What makes it fast (``benchmarks/image_loader.py``):
 
-- :class:`PresizeImage` decodes JPEGs with PIL's draft mode (DCT scaling: a 2,000-px photo
-  presized to 224 px is decoded at 1/8 scale) and crops + resizes in one ``Image.resize(box=)``
-  call, returning a uint8 tensor (no second copy through fastai's ``ToTensor``).
+- :class:`PresizeImage` decodes with :func:`decode_image`: small JPEGs by torchvision's
+  libjpeg-turbo decoder, large ones in PIL's draft mode (DCT scaling: a 2,000-px photo presized
+  to 224 px is decoded at 1/8 scale), the rest by PIL; then crops and resizes on the uint8
+  tensor with antialiasing (:func:`resize_crop`), with no PIL resize and no second copy through
+  fastai's ``ToTensor``.
+- :class:`LeanItems` makes each item without fastai's per-item dispatch (same values).
+- :func:`batch_aug_transforms` is fastai's ``aug_transforms`` with the affine / warp and the
+  lighting steps fused (:class:`FusedAffineCoordTfm`, :class:`FusedLightingTfm`): fastai's
+  random draws and results, a third of the work.
 - :class:`ImageDataLoader` runs the batch transforms where the batch is: on the GPU when the
   loaders are on CUDA (fastai's behaviour), and inside the worker processes when they are on the
-  CPU, so augmentation runs in parallel with decoding instead of serially in the main process.
+  CPU, so augmentation runs in parallel with decoding instead of serially in the main process;
+  those workers collate locally and reuse freed memory (:func:`keep_freed_memory`).
 - ``num_workers: auto`` uses the cores this process may run on (:func:`resolve_num_workers`).
 
 :func:`check_images` decodes every image once (at 1/8 scale for JPEGs) before training, so a
@@ -465,6 +472,16 @@ def projective_grid(h: torch.Tensor, size: tuple[int, int], align_corners: bool 
     return grid
 
 
+def _flips(h: torch.Tensor) -> torch.Tensor | None:
+    """Which images the 3 x 3 matrices ``h`` mirror left-right, when each is exactly the
+    identity or that mirror (else None): bilinear sampling at the pixel centres then returns
+    the pixels themselves, which a copy or ``flip`` gives exactly."""
+    eye = torch.eye(3, dtype=h.dtype, device=h.device)
+    mirror = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=h.dtype, device=h.device))
+    same, flipped = (h == eye).flatten(1).all(1), (h == mirror).flatten(1).all(1)
+    return flipped if bool((same | flipped).all()) else None
+
+
 class FusedAffineCoordTfm(AffineCoordTfm):
     """fastai's combined flip / rotate / zoom / warp with one projective sampling grid.
 
@@ -513,6 +530,12 @@ class FusedAffineCoordTfm(AffineCoordTfm):
             return self._encode(x, self.mode)
         size = tuple(img.shape[-2:]) if self.size is None else (
             (self.size, self.size) if isinstance(self.size, int) else tuple(self.size))
+        if size == tuple(img.shape[-2:]) and self.align_corners:
+            flips = _flips(h)
+            if flips is not None:  # identity or mirror at the same size: the exact pixels
+                out = img.clone()
+                out[flips] = img[flips].flip(-1)
+                return TensorImage(out)
         grid = projective_grid(h, size, bool(self.align_corners))
         if grid is None:  # a point at infinity: fastai's path, which then leaves the warp out
             return self._encode(x, self.mode)
