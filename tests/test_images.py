@@ -284,7 +284,7 @@ def test_projective_grid_is_affine_grid_for_affine_matrices_and_divides_otherwis
 
 @pytest.mark.parametrize("options", [{}, {"flip_vert": True}, {"min_scale": 0.75},
                                      {"min_scale": 0.75, "max_rotate": 0.0, "max_warp": 0.0,
-                                      "max_zoom": 1.0},
+                                      "max_zoom": 1.0}, {"min_scale": 0.05},
                                      {"max_rotate": 45.0, "max_zoom": 2.0, "max_warp": 0.4,
                                       "max_lighting": 0.5, "pad_mode": "zeros"}])
 def test_fused_batch_augmentation_matches_fastais_aug_transforms(options):
@@ -306,8 +306,27 @@ def test_fused_batch_augmentation_matches_fastais_aug_transforms(options):
         assert type(fused) is TensorImage and fused.shape == ref.shape == (12, 3, 24, 24)
         torch.testing.assert_close(fused, ref, atol=2e-4, rtol=0)
         assert split_idx == 0 or not torch.equal(ref, x[..., :24, :24])
-    names = [type(t).__name__ for t in batch_aug_transforms(24, **AUGMENT_DEFAULTS)]
-    assert names == ["FusedAffineCoordTfm", "FusedLightingTfm"]
+    names = [type(t).__name__ for t in batch_aug_transforms(24, **kwargs)]
+    assert names == ["FusedAffineCoordTfm", "FusedLightingTfm"] + (
+        ["FusedRandomResizedCropGPU"] if kwargs["min_scale"] < 1 else [])
+
+
+def test_fused_random_resized_crop_matches_fastais_with_its_area_pre_shrink():
+    from fastai.torch_core import TensorImage
+    from fastai.vision.augment import RandomResizedCropGPU
+
+    from fasttricks.data.images import FusedRandomResizedCropGPU
+
+    x = TensorImage(torch.rand(6, 3, 100, 90))
+    ref_tfm = RandomResizedCropGPU(20, min_scale=0.8, ratio=(1, 1))
+    fused = FusedRandomResizedCropGPU.from_tfm(ref_tfm)
+    for split_idx in (0, 1):
+        random.seed(5)
+        ref = ref_tfm(x, split_idx=split_idx)
+        random.seed(5)
+        out = fused(x, split_idx=split_idx)
+        assert min(fused.cp_size) / 20 / 2 > 1  # the crop is over twice the output: area first
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
 def test_normalization_comes_from_the_timm_config_else_imagenet():

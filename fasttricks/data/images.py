@@ -65,6 +65,7 @@ __all__ = [
     "CHECK_IMAGES_LIMIT",
     "FusedAffineCoordTfm",
     "FusedLightingTfm",
+    "FusedRandomResizedCropGPU",
     "ImageDataLoader",
     "LeanItems",
     "PresizeImage",
@@ -316,6 +317,10 @@ class PresizeImage(RandTransform):
         self.train = split_idx == 0
 
     def encodes(self, item: str | Path | Image.Image) -> TensorImage:
+        return self.presize(item)
+
+    def presize(self, item: str | Path | Image.Image) -> TensorImage:
+        """:meth:`encodes` without fastai's type dispatch (``self.train`` picks the crop)."""
         x, (w, h) = decode_image(item, self.size)
         side = min(w, h)
         if self.train:
@@ -591,16 +596,51 @@ class FusedLightingTfm(LightingTfm):
         return TensorImage(y.sigmoid_())
 
 
+class FusedRandomResizedCropGPU(RandomResizedCropGPU):
+    """fastai's ``RandomResizedCropGPU`` (``min_scale < 1``) resized with ``F.interpolate``.
+
+    fastai resamples the crop with ``grid_sample`` on an identity ``affine_grid``
+    (``align_corners=True``), which samples exactly where bilinear ``F.interpolate`` with
+    ``align_corners=True`` does; the separable interpolation skips building and scanning the
+    grid and the gathers (same crop draws, same values to float rounding, including fastai's
+    area pre-shrink when the crop is over twice the output size).
+    """
+
+    @classmethod
+    def from_tfm(cls, tfm: RandomResizedCropGPU) -> FusedRandomResizedCropGPU:
+        """The fused version of a fastai ``RandomResizedCropGPU``."""
+        return cls(tfm.size, min_scale=tfm.min_scale, ratio=tfm.ratio, mode=tfm.mode,
+                   valid_scale=tfm.valid_scale, max_scale=tfm.max_scale,
+                   mode_mask=tfm.mode_mask, p=tfm.p)
+
+    def encodes(self, x: TensorImage) -> TensorImage:
+        img = _plain(x)
+        if self.mode != "bilinear" or not img.is_floating_point():
+            return self._encode(x, self.mode)
+        (top, left), (h, w) = self.tl, self.cp_size
+        img = img[..., top:top + h, left:left + w]
+        size = tuple(self.size)
+        d = min(h / size[0], w / size[1]) / 2
+        if d > 1:  # fastai's smoother down-sampling (an identity grid zooms by exactly 1)
+            img = torch.nn.functional.interpolate(img, scale_factor=1 / d, mode="area",
+                                                  recompute_scale_factor=True)
+        out = torch.nn.functional.interpolate(img, size=size, mode="bilinear",
+                                              align_corners=True)
+        return TensorImage(out)
+
+
 def batch_aug_transforms(size: int, **augment: Any) -> list:
     """fastai's ``aug_transforms(size=size, **augment)`` with the merged affine / warp and
-    lighting transforms replaced by :class:`FusedAffineCoordTfm` and :class:`FusedLightingTfm`
-    (same draws and results, fewer passes); anything else (the random-resized crop of
-    ``min_scale < 1``) is fastai's own."""
+    lighting transforms replaced by :class:`FusedAffineCoordTfm` and :class:`FusedLightingTfm`,
+    and the random-resized crop of ``min_scale < 1`` by :class:`FusedRandomResizedCropGPU` (same
+    draws and results, fewer passes)."""
     from fastai.vision.augment import aug_transforms
 
     res = []
     for tfm in aug_transforms(size=size, **augment):
-        if isinstance(tfm, AffineCoordTfm) and type(tfm) is not RandomResizedCropGPU:
+        if type(tfm) is RandomResizedCropGPU:
+            tfm = FusedRandomResizedCropGPU.from_tfm(tfm)
+        elif isinstance(tfm, AffineCoordTfm):
             tfm = FusedAffineCoordTfm.from_tfm(tfm)
         elif isinstance(tfm, LightingTfm):
             tfm = FusedLightingTfm.from_tfm(tfm)
@@ -665,7 +705,7 @@ class LeanItems:
             o = raw[i]
             if type(tfm) is PresizeImage:
                 tfm.train = tl.tfms.split_idx == 0
-                out.append(tfm.encodes(o))
+                out.append(tfm.presize(o))
             elif type(tfm) is Categorize:
                 try:
                     out.append(TensorCategory(tfm.vocab.o2i[o]))
