@@ -229,7 +229,8 @@ def test_decoding_gives_pil_pixels_for_every_jpeg_kind_and_png_mode(tmp_path):
     base = Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).resize(
         (300, 200), Image.BICUBIC)
     files = {"rgb.jpg": (base, {}), "gray.jpg": (base.convert("L"), {}),
-             "cmyk.jpg": (base.convert("CMYK"), {}), "progressive.jpg": (base, {"progressive": True}),
+             "cmyk.jpg": (base.convert("CMYK"), {}),
+             "progressive.jpg": (base, {"progressive": True}),
              "rgba.png": (base.convert("RGBA"), {}), "palette.png": (base.convert("P"), {}),
              "big.jpg": (base.resize((1200, 800)), {})}
     for name, (im, options) in files.items():
