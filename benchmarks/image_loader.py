@@ -5,7 +5,11 @@ to a temporary folder, then times one training epoch of batches (decode, resize,
 collate, normalize; no model) on the CPU for:
 
 - ``fasttricks``: the image recipe's dataloaders (``build_dataloaders``): ``image_folder``,
-  presize 160, fastai's ``aug_transforms`` (flip, rotate, zoom, lighting, warp) to 128 px.
+  presize 160, fastai's ``aug_transforms`` (flip, rotate, zoom, lighting, warp) to 128 px;
+  its equivalent peer is ``torchvision``.
+- ``fasttricks_timm_aug``: the same recipe with timm's augmentations (``TIMM_LIKE_AUGMENT``:
+  random-resized crop of 75-100% of the area, flip, brightness / contrast; no rotation, zoom
+  or warp); its equivalent peer is ``timm``.
 - ``torchvision``: ``ImageFolder`` + ``DataLoader`` with the equivalent per-item transforms
   (random-resized crop to 128, flip, rotation, perspective warp, brightness/contrast jitter).
 - ``fastai``: fastai's plain ``DataBlock`` path for the same recipe (``Resize(presize)`` item
@@ -16,7 +20,8 @@ collate, normalize; no model) on the CPU for:
 
 All use the same worker count and batch size, interleaved over repetitions so machine load hits
 them alike. Reported per loader: median wall-clock images/s and images per CPU-second (main
-process plus workers, ``getrusage``: robust when other work shares the machine). Target:
+process plus workers, ``getrusage``: robust when other work shares the machine), and each
+fasttricks row's ratio to the best peer and to the peer doing the same work. Target:
 fasttricks at least as fast as the best peer.
 
 With ``--device cuda`` only the two fastai-style loaders run (fasttricks and fastai), with
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import tempfile
@@ -66,12 +72,17 @@ def write_images(root: Path, n_classes: int = 10, per_class: int = 200, px: int 
     return root
 
 
+#: ``data.augment`` for the timm comparison: timm's work (a random-resized crop of 75-100% of
+#: the area, a flip, brightness / contrast jitter of 0.2), no rotation, zoom or warp
+TIMM_LIKE_AUGMENT = {"max_rotate": 0.0, "max_warp": 0.0, "max_zoom": 1.0, "min_scale": 0.75}
+
+
 def fasttricks_loader(root: Path, bs: int, workers: int, size: int, presize: int,
-                      device: str = "cpu"):
+                      device: str = "cpu", augment: dict | bool = True):
     from fasttricks.recipes import build_dataloaders
 
     recipe = {"name": "bench", "data": {"name": "image_folder", "path": str(root), "size": size,
-                                        "presize": presize, "augment": True, "bs": bs,
+                                        "presize": presize, "augment": augment, "bs": bs,
                                         "num_workers": workers, "valid_pct": 0.01},
               "model": {"name": "timm:resnet18"}}
     import torch
@@ -120,11 +131,18 @@ def timm_loader(root: Path, bs: int, workers: int, size: int, presize: int):
                          persistent_workers=False)
 
 
-LOADERS = {"fasttricks": fasttricks_loader, "fastai": fastai_loader,
-           "torchvision": torchvision_loader, "timm": timm_loader}
+def fasttricks_timm_like_loader(root: Path, bs: int, workers: int, size: int, presize: int,
+                                device: str = "cpu"):
+    return fasttricks_loader(root, bs, workers, size, presize, device, TIMM_LIKE_AUGMENT)
+
+
+LOADERS = {"fasttricks": fasttricks_loader, "fasttricks_timm_aug": fasttricks_timm_like_loader,
+           "fastai": fastai_loader, "torchvision": torchvision_loader, "timm": timm_loader}
 PEERS = ("torchvision", "timm")
+#: fasttricks configurations and the peer doing the same work
+MATCHED = {"fasttricks": "torchvision", "fasttricks_timm_aug": "timm"}
 #: loaders whose batch transforms run on the batch's device (the GPU-side augmentation path)
-DEVICE_LOADERS = ("fasttricks", "fastai")
+DEVICE_LOADERS = ("fasttricks", "fasttricks_timm_aug", "fastai")
 
 
 def _cpu_seconds() -> float:
@@ -177,6 +195,7 @@ def main() -> None:
     args.out = args.out or RESULTS / ("image_loader_cuda.json" if args.device == "cuda"
                                       else "image_loader.json")
     workers = resolve_num_workers(args.workers if args.workers == "auto" else int(args.workers))
+    load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {name: [] for name in names}
     errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +213,7 @@ def main() -> None:
         for rep in range(args.reps):
             for name, loader in loaders.items():
                 runs[name].append(time_epoch(loader, args.device))
-                print(f"rep {rep} {name:12s} {runs[name][-1]['images_per_s']:8.1f} img/s "
+                print(f"rep {rep} {name:19s} {runs[name][-1]['images_per_s']:8.1f} img/s "
                       f"{runs[name][-1]['images_per_cpu_s']:8.1f} img/cpu-s", flush=True)
     summary = {}
     for name, rs in runs.items():
@@ -204,27 +223,35 @@ def main() -> None:
                                                                    for r in rs),
                              "batch_shape": rs[0]["batch_shape"]}
     peers = [v for k, v in summary.items() if k in PEERS]
-    if "fasttricks" in summary and peers:
-        ft = summary["fasttricks"]
+    for name, peer in MATCHED.items():
+        if name not in summary or not peers:
+            continue
+        ft = summary[name]
         for key in ("images_per_s", "images_per_cpu_s"):
             ft[f"{key}_ratio_to_best_peer"] = ft[key] / max(p[key] for p in peers)
+            if peer in summary:
+                ft[f"{key}_ratio_to_{peer}"] = ft[key] / summary[peer][key]
     gpu = None
     if args.device == "cuda":
         import torch
 
         gpu = {"gpu": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
-    result = {"machine": machine_info(workers=workers, **(gpu or {})), "settings": vars(args) | {
-        "out": str(args.out), "workers": workers}, "summary": summary, "runs": runs,
-        "errors": errors}
+    load = {"load_average_before": list(load_before), "load_average_after": list(os.getloadavg())}
+    settings = vars(args) | {"out": str(args.out), "workers": workers}
+    result = {"machine": machine_info(workers=workers, **load, **(gpu or {})),
+              "settings": settings, "summary": summary, "runs": runs, "errors": errors}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2, default=str) + "\n")
     if "fasttricks" in errors:
         raise SystemExit(f"the fasttricks loader failed: {errors['fasttricks']}")
     for name, s in summary.items():
+        peer = MATCHED.get(name)
         extra = (f"  ({s['images_per_s_ratio_to_best_peer']:.2f}x best peer wall, "
-                 f"{s['images_per_cpu_s_ratio_to_best_peer']:.2f}x per CPU-s)"
-                 if "images_per_s_ratio_to_best_peer" in s else "")
-        print(f"{name:12s} {s['images_per_s']:8.1f} img/s {s['images_per_cpu_s']:8.1f} "
+                 f"{s['images_per_cpu_s_ratio_to_best_peer']:.2f}x per CPU-s; "
+                 f"{s[f'images_per_s_ratio_to_{peer}']:.2f}x / "
+                 f"{s[f'images_per_cpu_s_ratio_to_{peer}']:.2f}x {peer}, the same work)"
+                 if f"images_per_s_ratio_to_{peer}" in s else "")
+        print(f"{name:19s} {s['images_per_s']:8.1f} img/s {s['images_per_cpu_s']:8.1f} "
               f"img/cpu-s{extra}")
 
 

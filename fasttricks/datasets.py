@@ -435,9 +435,20 @@ def image_folder(
     train_split = scan(train_dir)
     if valid is not None and (root / valid).is_dir():
         valid_split = scan(root / valid)
+        if len(valid_split) == 0:
+            raise ValueError(f"image_folder: the validation folder {str(root / valid)!r} has no "
+                             f"class folders with images; put images in class folders there "
+                             f"(classes {vocab}) or remove it to hold out valid_pct of train")
     else:
         _check_pcts(valid_pct)
+        n_images = len(train_split)
         tr, va = _carve_valid(train_split.y, valid_pct, seed)
+        if len(tr) == 0 or len(va) == 0:
+            raise ValueError(
+                f"image_folder {str(root)!r}: holding out valid_pct={valid_pct} of each class "
+                f"of the {n_images} image(s) in {len(vocab)} class(es) of {str(train_dir)!r} "
+                f"leaves {len(tr)} training and {len(va)} validation image(s); both need at "
+                f"least one: add images, change valid_pct, or add a {valid or 'valid'!r} folder")
         train_split, valid_split = train_split.take(tr), train_split.take(va)
     test_split, unlabelled = valid_split, None
     test_dir = root / test if test is not None else None

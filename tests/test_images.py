@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,10 +15,17 @@ from PIL import Image
 from fasttricks.callbacks import get_callback
 from fasttricks.data.images import (
     AUGMENT_DEFAULTS,
+    LeanItems,
     PresizeImage,
+    batch_aug_transforms,
     check_image_splits,
+    decode_image,
+    jpeg_header,
+    keep_freed_memory,
     normalization_stats,
     open_image,
+    projective_grid,
+    resize_crop,
     resolve_num_workers,
 )
 from fasttricks.datasets import load_dataset
@@ -83,6 +94,28 @@ def test_image_folder_refuses_an_empty_class_folder_by_name(tmp_path):
     (tmp_path / "train" / "empty_cls").mkdir()
     with pytest.raises(ValueError, match="empty_cls.*no images"):
         load_dataset("image_folder", path=tmp_path)
+
+
+def test_a_tiny_image_folder_names_the_folder_and_counts_instead_of_an_index_error(tmp_path):
+    for i in range(5):  # five classes of one image: 20% of each class rounds to none
+        _img(tmp_path / "train" / f"c{i}" / "0.png", 40 * i)
+    recipe = {"name": "tiny", "data": {"name": "image_folder", "path": str(tmp_path), "size": 8,
+                                       "num_workers": 0}, "model": {"name": "timm:resnet10t"}}
+    with pytest.raises(ValueError) as err:
+        build_dataloaders(recipe)
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path) in message
+    assert "5 image(s) in 5 class(es)" in message
+    assert "leaves 5 training and 0 validation image(s)" in message and "at least one" in message
+    (tmp_path / "valid").mkdir()  # an empty valid folder is named too
+    with pytest.raises(ValueError, match=r"validation folder .*valid' has no class folders"):
+        build_dataloaders(recipe)
+    for i in range(5):
+        _img(tmp_path / "valid" / f"c{i}" / "0.png", 40 * i)
+    s = load_dataset("image_folder", path=tmp_path, size=8).resplit([0, 1, 2], [])
+    with pytest.raises(ValueError, match=r"image_folder: the valid split\(s\) are empty "
+                                         r"\(train 3, valid 0, test 5 images\)"):
+        splits_dataloaders(s, device="cpu", num_workers=0)  # any empty split, named
 
 
 def test_image_csv_single_label_with_is_valid_column_and_test_folder(tmp_path):
@@ -191,6 +224,112 @@ def test_jpeg_draft_decoding_matches_a_full_decode_closely(tmp_path):
     assert np.abs(fast.astype(float) - full).mean() < 3.0
 
 
+def test_decoding_gives_pil_pixels_for_every_jpeg_kind_and_png_mode(tmp_path):
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).resize(
+        (300, 200), Image.BICUBIC)
+    files = {"rgb.jpg": (base, {}), "gray.jpg": (base.convert("L"), {}),
+             "cmyk.jpg": (base.convert("CMYK"), {}),
+             "progressive.jpg": (base, {"progressive": True}),
+             "rgba.png": (base.convert("RGBA"), {}), "palette.png": (base.convert("P"), {}),
+             "big.jpg": (base.resize((1200, 800)), {})}
+    for name, (im, options) in files.items():
+        path = tmp_path / name
+        im.save(path, **options)
+        head = jpeg_header(path.read_bytes())
+        if name.endswith(".jpg"):
+            assert head == (*Image.open(path).size, len(Image.open(path).getbands()))
+        else:
+            assert head is None
+        for size in (150, 60):  # torchvision's decoder (or PIL), then PIL's draft mode
+            x, full = decode_image(path, size)
+            assert full == Image.open(path).size and x.dtype == torch.uint8
+            ref = np.asarray(open_image(path, size))
+            np.testing.assert_array_equal(x.permute(1, 2, 0).numpy(), ref)
+    big, _ = decode_image(tmp_path / "big.jpg", 60)
+    assert tuple(big.shape) == (3, 100, 150)  # 1/8 scale still has a shorter side >= 60
+    assert jpeg_header(b"\xff\xd8\xff\xc3" + bytes(20)) is None  # lossless: left to PIL
+
+
+def test_uint8_resize_crop_is_within_a_few_grey_levels_of_pil(tmp_path):
+    rng = np.random.default_rng(1)
+    arr = np.asarray(Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).resize(
+        (256, 192), Image.BICUBIC))
+    x = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    for box, size in (((0, 0, 192, 192), 160), ((30, 10, 200, 180), 100), ((64, 0, 256, 192), 300)):
+        ref = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR, box=box))
+        out = resize_crop(x, box, size).permute(1, 2, 0).numpy().astype(int)
+        assert out.shape == ref.shape
+        diff = np.abs(out - ref)  # fixed-point rounding at sharp edges: a few levels, rarely
+        assert diff.max() <= 6 and diff.mean() < 0.1 and (diff > 1).mean() < 0.02
+    half = x[:, ::2, ::2]  # a draft-scale image: the box is in full-size pixels
+    np.testing.assert_array_equal(resize_crop(half, (0, 0, 192, 192), 96, full=(256, 192)),
+                                  resize_crop(half, (0, 0, 96, 96), 96))
+
+
+def test_projective_grid_is_affine_grid_for_affine_matrices_and_divides_otherwise():
+    theta = torch.randn(4, 2, 3)
+    h = torch.cat([theta, torch.tensor([0.0, 0.0, 1.0]).expand(4, 1, 3)], dim=1)
+    for align in (True, False):
+        ref = torch.nn.functional.affine_grid(theta, (4, 3, 7, 9), align_corners=align)
+        torch.testing.assert_close(projective_grid(h, (7, 9), align), ref)
+    p = h.clone()
+    p[:, 2, 0] = 0.3
+    grid = projective_grid(p, (5, 6), True)
+    u, v = torch.linspace(-1, 1, 6)[2], torch.linspace(-1, 1, 5)[3]
+    point = p[1] @ torch.tensor([u, v, 1.0])
+    torch.testing.assert_close(grid[1, 3, 2], point[:2] / point[2])
+    p[0, 2] = torch.tensor([1.0, 0.0, 0.0])  # the column u = 0 maps to infinity
+    assert projective_grid(p, (5, 5), True) is None
+
+
+@pytest.mark.parametrize("options", [{}, {"flip_vert": True}, {"min_scale": 0.75},
+                                     {"min_scale": 0.75, "max_rotate": 0.0, "max_warp": 0.0,
+                                      "max_zoom": 1.0}, {"min_scale": 0.05},
+                                     {"max_rotate": 45.0, "max_zoom": 2.0, "max_warp": 0.4,
+                                      "max_lighting": 0.5, "pad_mode": "zeros"}])
+def test_fused_batch_augmentation_matches_fastais_aug_transforms(options):
+    from fastai.torch_core import TensorImage
+    from fastai.vision.augment import aug_transforms
+
+    kwargs = {**AUGMENT_DEFAULTS, **options}
+    x = TensorImage(torch.rand(12, 3, 40, 40))
+    for split_idx in (0, 1):
+        outs = []
+        for tfms in (aug_transforms(size=24, **kwargs), batch_aug_transforms(24, **kwargs)):
+            torch.manual_seed(3)
+            random.seed(3)
+            y = x
+            for tfm in tfms:
+                y = tfm(y, split_idx=split_idx)
+            outs.append(y)
+        ref, fused = outs
+        assert type(fused) is TensorImage and fused.shape == ref.shape == (12, 3, 24, 24)
+        torch.testing.assert_close(fused, ref, atol=2e-4, rtol=0)
+        assert split_idx == 0 or not torch.equal(ref, x[..., :24, :24])
+    names = [type(t).__name__ for t in batch_aug_transforms(24, **kwargs)]
+    assert names == ["FusedAffineCoordTfm", "FusedLightingTfm"] + (
+        ["FusedRandomResizedCropGPU"] if kwargs["min_scale"] < 1 else [])
+
+
+def test_fused_random_resized_crop_matches_fastais_with_its_area_pre_shrink():
+    from fastai.torch_core import TensorImage
+    from fastai.vision.augment import RandomResizedCropGPU
+
+    from fasttricks.data.images import FusedRandomResizedCropGPU
+
+    x = TensorImage(torch.rand(6, 3, 100, 90))
+    ref_tfm = RandomResizedCropGPU(20, min_scale=0.8, ratio=(1, 1))
+    fused = FusedRandomResizedCropGPU.from_tfm(ref_tfm)
+    for split_idx in (0, 1):
+        random.seed(5)
+        ref = ref_tfm(x, split_idx=split_idx)
+        random.seed(5)
+        out = fused(x, split_idx=split_idx)
+        assert min(fused.cp_size) / 20 / 2 > 1  # the crop is over twice the output: area first
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
 def test_normalization_comes_from_the_timm_config_else_imagenet():
     import timm
 
@@ -237,6 +376,67 @@ def test_dataloaders_presize_augment_normalize_and_run_augmentation_in_workers(t
     assert dls.unlabelled is not None and dls.unlabelled.one_batch()[0].shape[1:] == (3, 16, 16)
     with pytest.raises(ValueError, match="presize"):
         splits_dataloaders(s, device="cpu", presize=8, num_workers=0)
+
+
+def test_lean_items_are_fastais_items_for_train_valid_test_and_multilabel(tmp_path):
+    from fastai.data.core import TfmdDL
+
+    _folder(tmp_path)
+    csv = _csv_data(tmp_path / "csv", multilabel=True)
+    single = load_dataset("image_folder", path=tmp_path, size=16)
+    multi = load_dataset("image_csv", path=csv, folder="images", label_col="tags",
+                         suffix=".png", label_delim=" ", size=16)
+    for s in (single, multi):
+        dls = splits_dataloaders(s, bs=4, device="cpu", presize=24, augment=True, num_workers=0)
+        loaders = [dls.train, dls.valid, dls[2]] + ([dls.unlabelled] if dls.unlabelled else [])
+        loaders.append(dls.test_dl([str(p) for p in s.test.x]))
+        for dl in loaders:
+            assert dl._lean_items() is not None
+            for i in range(len(dl.dataset)):
+                random.seed(i)
+                lean = dl.do_item(i)
+                random.seed(i)
+                ref = TfmdDL.do_item(dl, i)
+                assert [type(o) for o in lean] == [type(o) for o in ref]
+                for a, b in zip(lean, ref):
+                    assert torch.equal(a, b)
+    with dls.train.dataset.set_split_idx(1):  # TTA-style switches reach the lean path
+        random.seed(0)
+        a = dls.train.do_item(0)
+        random.seed(0)
+        assert torch.equal(a[0], TfmdDL.do_item(dls.train, 0)[0])
+
+
+def test_workers_augment_training_batches_only_and_match_the_main_process(tmp_path):
+    _folder(tmp_path)
+    s = load_dataset("image_folder", path=tmp_path, size=16)
+    dls = splits_dataloaders(s, bs=4, device="cpu", presize=24, augment=True, num_workers=2)
+    first, second = (torch.cat([xb for xb, _ in dls.valid]) for _ in range(2))
+    assert torch.equal(first, second)  # no random augmentation on validation
+    dls.valid.fake_l.num_workers = 0
+    torch.testing.assert_close(first, torch.cat([xb for xb, _ in dls.valid]))
+    a, b = (torch.cat([xb for xb, _ in dls.train]) for _ in range(2))
+    assert a.shape == b.shape and not torch.equal(a, b)  # training batches are augmented
+
+
+def test_keep_freed_memory_stops_the_kernel_refaulting_each_batch():
+    code = (
+        "import resource, torch\n"
+        "from fasttricks.data.images import keep_freed_memory\n"
+        "def faults():\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    for _ in range(8):\n"
+        "        a = torch.ones(6_000_000); b = torch.ones(9_000_000); del a; c = b * 2; del b, c\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+        "plain = faults()\n"
+        "kept = keep_freed_memory()\n"
+        "faults()\n"
+        "print(kept, plain, faults())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    kept, plain, after = out.stdout.split()
+    if kept != "True":
+        pytest.skip("not glibc")
+    assert int(plain) > 10_000 and int(after) < int(plain) / 20
 
 
 # ---------------------------------------------------------------------------------- recipes
