@@ -11,7 +11,10 @@ which are centralized), which stay fixed during a fit.
 
 Gradient centralization needs each row's mean before the update; the means are computed
 eagerly (one read of the gradients) and passed in, and ``p.grad`` itself is left unchanged.
-The Lookahead sync every ``k`` steps stays eager (two foreach calls every ``k``-th step).
+Fusing the reduction into the update's loops (inductor's outer-loop fusion, which torch 2.14
+only compiles with a patch) and a compiled reduction were both measured slower on CPU. On every ``k``-th step the Lookahead sync is part of the update (a second
+graph): the slow weights are read and written once and the new fast weights are the slow ones,
+instead of two more passes over both after the update.
 
 Compile cost: inductor caches compiled kernels on disk (``TORCHINDUCTOR_CACHE_DIR``, by default
 under the system temp folder), so the first compile for a model's parameter shapes is paid once
@@ -28,8 +31,8 @@ from torch import Tensor
 
 __all__ = ["compiled_update", "compile_unavailable_reason"]
 
-# indices into the hyperparameter tensor handed to the compiled function
-_DECAY, _L2, _BETA1, _BETA2, _A, _B, _EPS, _EPS_ADD = range(8)
+# indices into the hyperparameter tensor handed to the compiled functions
+_DECAY, _L2, _BETA1, _BETA2, _A, _B, _EPS, _EPS_ADD, _ALPHA = range(9)
 
 _COMPILED: Any = None
 #: graphs kept for the compiled update (one per parameter layout and rule)
@@ -56,11 +59,13 @@ def _update(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     means: list[Tensor | None],
+    slows: list[Tensor],
     hyper: Tensor,
     decoupled: tuple[bool, ...],
     l2: tuple[bool, ...],
     adabelief: bool,
     maximize: bool,
+    sync: bool,
 ) -> None:
     """One Ranger/RangerAdaBelief update, in place, written as plain tensor maths.
 
@@ -68,11 +73,13 @@ def _update(
     to AdaBelief's second moment; the step is ``p -= m * (a / (sqrt(v) + eps) + b)``: ``a`` is
     RAdam's rectified step size (0 on un-rectified steps), ``b`` the bias-corrected momentum-SGD
     step size (0 on rectified steps). ``means[i]`` is the row mean of the effective gradient of
-    a centralized parameter (None otherwise).
+    a centralized parameter (None otherwise). With ``sync`` (every ``k``-th step) the Lookahead
+    sync follows in the same loops: ``slow += alpha * (p_new - slow)`` and ``p = slow``.
     """
     decay, wd = hyper[_DECAY], hyper[_L2]
     beta1, beta2 = hyper[_BETA1], hyper[_BETA2]
     a, b, eps, eps_add = hyper[_A], hyper[_B], hyper[_EPS], hyper[_EPS_ADD]
+    alpha = hyper[_ALPHA]
     for i, p in enumerate(params):
         g = grads[i]
         if maximize:
@@ -93,7 +100,12 @@ def _update(
         p_new = base - m_new * (a / (v_new.sqrt() + eps) + b)
         m.copy_(m_new)
         v.copy_(v_new)
-        p.copy_(p_new)
+        if sync:
+            slow_new = torch.lerp(slows[i], p_new, alpha)
+            slows[i].copy_(slow_new)
+            p.copy_(slow_new)
+        else:
+            p.copy_(p_new)
 
 
 def _compiled() -> Any:
@@ -104,8 +116,8 @@ def _compiled() -> Any:
 
 
 def row_means(
-    grads: list[Tensor], params: list[Tensor], centralize: list[bool], l2: list[bool],
-    wd: float, maximize: bool,
+    grads: list[Tensor], params: list[Tensor], centralize: tuple[bool, ...],
+    l2: tuple[bool, ...], wd: float, maximize: bool,
 ) -> list[Tensor | None]:
     """Row means (over all dims but the first) of the effective gradient
     ``(-g if maximize else g) + wd*p`` (the L2 term only where ``l2``) for centralized tensors."""
@@ -114,22 +126,24 @@ def row_means(
         if not gc:
             out.append(None)
             continue
-        dims = tuple(range(1, g.ndim))
-        mean = g.mean(dim=dims, keepdim=True)
+        shape = (g.shape[0],) + (1,) * (g.ndim - 1)
+        mean = g.reshape(g.shape[0], -1).mean(1)
         if maximize:
             mean = mean.neg_()
         if decayed:
-            mean = mean.add_(p.mean(dim=dims, keepdim=True), alpha=wd)
-        out.append(mean)
+            mean = mean.add_(p.reshape(p.shape[0], -1).mean(1), alpha=wd)
+        out.append(mean.view(shape))
     return out
 
 
 def compiled_update(
     params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],
-    means: list[Tensor | None], values: list[float], decoupled: tuple[bool, ...],
-    l2: tuple[bool, ...], adabelief: bool, maximize: bool,
+    slows: list[Tensor], values: list[float], centralize: tuple[bool, ...],
+    decoupled: tuple[bool, ...], l2: tuple[bool, ...], adabelief: bool, maximize: bool,
+    sync: bool,
 ) -> None:
-    """Run the compiled update (``values`` in the order of ``hyper``, see :func:`_update`).
+    """Run the compiled row means (where ``centralize``) and update (``values`` in the order of
+    ``hyper``, see :func:`_update`; ``sync``: this step ends with the Lookahead sync).
 
     Raises whatever compilation raises; the caller falls back to the eager step.
     """
@@ -142,5 +156,6 @@ def compiled_update(
     # function would silently send a process with more optimizers back to uncompiled maths
     with warnings.catch_warnings(), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
         warnings.simplefilter("ignore", UserWarning)
-        _compiled()(params, grads, exp_avgs, exp_avg_sqs, means, hyper, decoupled, l2,
-                    adabelief, maximize)
+        means = row_means(grads, params, centralize, l2, values[_L2], maximize)
+        _compiled()(params, grads, exp_avgs, exp_avg_sqs, means, slows, hyper, decoupled, l2,
+                    adabelief, maximize, sync)

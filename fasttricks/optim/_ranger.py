@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .._validate import check_range
-from ._compiled import compile_unavailable_reason, compiled_update, row_means
+from ._compiled import compile_unavailable_reason, compiled_update
 from ._decay import apply_weight_decay, decays
 
 __all__ = ["Ranger", "RangerAdaBelief"]
@@ -297,11 +297,13 @@ class _RangerBase(torch.optim.Optimizer):
             for (_, dtype, prev_step), items in self._gather(group).items():
                 step = prev_step + 1
                 rect = _rectification(step, group["betas"][1])
-                if not (self.compile and dtype in _FUSED_DTYPES
-                        and self._compiled_step(group, items, step, rect)):
-                    block = self._prepare(group, items)
-                    self._eager_update(group, block, step, rect)
-                if step % group["k"] == 0:
+                sync = step % group["k"] == 0
+                if self.compile and dtype in _FUSED_DTYPES and self._compiled_step(
+                        group, items, step, rect, sync):
+                    continue  # the compiled update includes the Lookahead sync
+                block = self._prepare(group, items)
+                self._eager_update(group, block, step, rect)
+                if sync:
                     # lookahead: slow += alpha*(fast - slow); fast = slow
                     params = [_real(p.detach()) for p, _, _, _ in items]
                     slow = [_real(st["slow_buffer"]) for _, _, st, _ in items]
@@ -339,7 +341,7 @@ class _RangerBase(torch.optim.Optimizer):
             group.setdefault("fused", None)
 
     def _compiled_step(self, group: dict[str, Any], items: list[_Item], step: int,
-                       rect: float | None) -> bool:
+                       rect: float | None, sync: bool) -> bool:
         """The compiled update of ``items``; False (after one warning) when it cannot run."""
         if any(p.is_complex() for p, _, _, _ in items):
             return False  # complex parameters take the eager path
@@ -351,19 +353,19 @@ class _RangerBase(torch.optim.Optimizer):
         decayed = [d for _, _, _, d in items]
         l2 = tuple(d and l2_rule for d in decayed)
         decoupled = tuple(d and not l2_rule for d in decayed)
-        centralize = [group["use_gc"] and p.ndim > 1 for p in params]
-        means = row_means(grads, params, centralize, list(l2), wd, group["maximize"])
+        centralize = tuple(group["use_gc"] and p.ndim > 1 for p in params)
         bias_correction1 = 1.0 - beta1**step
         if rect is None:
             a, b, eps_add = 0.0, lr / bias_correction1, 0.0
         else:
             a = lr * rect * math.sqrt(1.0 - beta2**step) / bias_correction1
             b, eps_add = 0.0, eps
-        values = [1.0 - lr * wd, wd, beta1, beta2, a, b, eps, eps_add]
+        values = [1.0 - lr * wd, wd, beta1, beta2, a, b, eps, eps_add, group["alpha"]]
         try:
             compiled_update(params, grads, [st["exp_avg"] for _, _, st, _ in items],
-                            [st["exp_avg_sq"] for _, _, st, _ in items], means, values,
-                            decoupled, l2, self.adabelief, group["maximize"])
+                            [st["exp_avg_sq"] for _, _, st, _ in items],
+                            [st["slow_buffer"] for _, _, st, _ in items], values, centralize,
+                            decoupled, l2, self.adabelief, group["maximize"], sync)
         except Exception as err:  # noqa: BLE001  (no compiler, or inductor failed: run eager)
             self._compile_error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             warnings.warn(f"{type(self).__name__}(compile=True): torch.compile failed "
