@@ -436,7 +436,9 @@ def test_keep_freed_memory_stops_the_kernel_refaulting_each_batch():
     kept, plain, after = out.stdout.split()
     if kept != "True":
         pytest.skip("not glibc")
-    assert int(plain) > 10_000 and int(after) < int(plain) / 20
+    # refaulting each batch costs about plain / 8 faults per loop; kept memory must cost less
+    # than one loop's worth over all eight (what is left is the interpreter's own allocations)
+    assert int(plain) > 10_000 and int(after) < int(plain) / 8
 
 
 # ---------------------------------------------------------------------------------- recipes
