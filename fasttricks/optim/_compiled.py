@@ -12,9 +12,10 @@ which are centralized), which stay fixed during a fit.
 Gradient centralization needs each row's mean before the update; the means are computed
 eagerly (one read of the gradients) and passed in, and ``p.grad`` itself is left unchanged.
 Fusing the reduction into the update's loops (inductor's outer-loop fusion, which torch 2.14
-only compiles with a patch) and a compiled reduction were both measured slower on CPU. On every ``k``-th step the Lookahead sync is part of the update (a second
-graph): the slow weights are read and written once and the new fast weights are the slow ones,
-instead of two more passes over both after the update.
+only compiles with a patch) and a compiled reduction were both measured slower on CPU. On every
+``k``-th step the Lookahead sync is part of the update (a second graph): the slow weights are
+read and written once and the new fast weights are the slow ones, instead of two more passes
+over both after the update.
 
 Compile cost: inductor caches compiled kernels on disk (``TORCHINDUCTOR_CACHE_DIR``, by default
 under the system temp folder), so the first compile for a model's parameter shapes is paid once
@@ -31,11 +32,12 @@ from torch import Tensor
 
 __all__ = ["compiled_update", "compile_unavailable_reason"]
 
-# indices into the hyperparameter tensor handed to the compiled functions
+# indices into the hyperparameter tensor handed to the compiled function
 _DECAY, _L2, _BETA1, _BETA2, _A, _B, _EPS, _EPS_ADD, _ALPHA = range(9)
 
 _COMPILED: Any = None
-#: graphs kept for the compiled update (one per parameter layout and rule)
+#: graphs kept for the compiled update (two per parameter layout and rule: with and without
+#: the Lookahead sync)
 RECOMPILE_LIMIT = 64
 
 
@@ -142,20 +144,20 @@ def compiled_update(
     decoupled: tuple[bool, ...], l2: tuple[bool, ...], adabelief: bool, maximize: bool,
     sync: bool,
 ) -> None:
-    """Run the compiled row means (where ``centralize``) and update (``values`` in the order of
-    ``hyper``, see :func:`_update`; ``sync``: this step ends with the Lookahead sync).
+    """The row means (eager, where ``centralize``), then the compiled update (``values`` in the
+    order of ``hyper``, see :func:`_update`; ``sync``: this step ends with the Lookahead sync).
 
     Raises whatever compilation raises; the caller falls back to the eager step.
     """
+    means = row_means(grads, params, centralize, l2, values[_L2], maximize)
     p0 = params[0]
     dtype = torch.float64 if p0.dtype == torch.float64 else torch.float32
     hyper = torch.tensor(values, dtype=dtype, device=p0.device)
     from torch._dynamo import config as dynamo_config
 
-    # one graph per parameter layout (model, group, rule); torch's default limit of 8 graphs per
+    # two graphs per parameter layout (model, group, rule); torch's default limit of 8 graphs per
     # function would silently send a process with more optimizers back to uncompiled maths
     with warnings.catch_warnings(), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
         warnings.simplefilter("ignore", UserWarning)
-        means = row_means(grads, params, centralize, l2, values[_L2], maximize)
         _compiled()(params, grads, exp_avgs, exp_avg_sqs, means, slows, hyper, decoupled, l2,
                     adabelief, maximize, sync)
