@@ -173,7 +173,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
 
     from fasttricks.distributed import is_rank0, world_size
 
-    from fasttricks.recipes import RecipeError, load_recipe, run_recipe
+    from fasttricks.recipes import RecipeError, load_recipe, run_recipe, seed_range
     from fasttricks.runs import summary_line
 
     if args.seeds < 1:
@@ -228,7 +228,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         where = f" -> {Path(out) / recipe['name'] / 'seeds.json'}" if out else ""
         if args.mlflow is not None:
             _log_mlflow(args.mlflow, recipe, [Path(out) / recipe["name"] / f"seed_{seed}"
-                                              for seed in _seed_range(recipe, args.seeds)])
+                                              for seed in seed_range(recipe, args.seeds)])
         print(f"{recipe['name']}: test {summary['metric']} over {s['n']} seeds: mean "
               f"{s['mean']:.4f}, std {s['std']:.4f}, stderr {s['stderr']:.4f} "
               f"(min {s['min']:.4f}, max {s['max']:.4f}) in "
@@ -239,11 +239,6 @@ def _run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         _log_mlflow(args.mlflow, recipe, [result.out_dir])
     print(summary_line(result))
     return 0
-
-
-def _seed_range(recipe: object, n_seeds: int) -> range:
-    """The training seeds ``--seeds N`` runs: ``seed .. seed + N - 1``."""
-    return range(recipe["seed"], recipe["seed"] + n_seeds)
 
 
 def _log_mlflow(uri: str, recipe: object, run_dirs: list) -> None:

@@ -107,15 +107,13 @@ def run_seeds_in_workers(
     import tempfile
     from contextlib import ExitStack
 
-    from fasttricks.recipes import load_recipe, recipe_to_dict, run_seeds
+    from fasttricks.recipes import load_recipe, recipe_to_dict, run_seeds, seed_range
 
     where = Workers(workers, gpus, storage, threads)
     recipe = load_recipe(recipe)
     if not where.parallel:
         return run_seeds(recipe, n_seeds, out_dir=out_dir, progress=progress)
-    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
-        raise ValueError(f"n_seeds must be an integer >= 1, got {n_seeds!r}")
-    seeds = list(range(recipe["seed"], recipe["seed"] + n_seeds))
+    seeds = list(seed_range(recipe, n_seeds))
     with ExitStack() as stack:
         if out_dir is None:
             out_dir = stack.enter_context(tempfile.TemporaryDirectory())

@@ -53,6 +53,7 @@ _LAZY = {
     "fit_learner": "_run",
     "run_recipe": "_run",
     "run_seeds": "_run",
+    "seed_range": "_run",
     "seed_runs": "_run",
 }
 

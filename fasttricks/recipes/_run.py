@@ -38,6 +38,7 @@ __all__ = [
     "fit_learner",
     "run_recipe",
     "run_seeds",
+    "seed_range",
     "seed_runs",
 ]
 
@@ -296,6 +297,14 @@ def seed_runs(
         yield int(seed), result
 
 
+def seed_range(recipe: Any, n_seeds: int) -> range:
+    """The training seeds of ``n_seeds`` runs of ``recipe``: ``seed .. seed + n_seeds - 1``
+    (``ValueError`` unless ``n_seeds`` is an integer >= 1)."""
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        raise ValueError(f"n_seeds must be an integer >= 1, got {n_seeds!r}")
+    return range(recipe["seed"], recipe["seed"] + n_seeds)
+
+
 def run_seeds(
     recipe: str | Path | Mapping[str, Any],
     n_seeds: int,
@@ -317,13 +326,12 @@ def run_seeds(
     from fasttricks.runs import finished_run, saved_summary_line, summary_line
 
     recipe = _recipe(recipe)
-    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
-        raise ValueError(f"n_seeds must be an integer >= 1, got {n_seeds!r}")
+    seeds = seed_range(recipe, n_seeds)
     metric, direction = primary_metric(recipe)
     key = "loss" if metric == "valid_loss" else metric
     base = Path(out_dir) / recipe["name"] if out_dir else None
     rows = []
-    for seed in range(recipe["seed"], recipe["seed"] + n_seeds):
+    for seed in seeds:
         done = None
         if base is not None:
             done = finished_run(base / f"seed_{seed}", set_in_recipe(recipe, "seed", seed))
