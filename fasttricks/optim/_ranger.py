@@ -41,6 +41,7 @@ from torch import Tensor
 from .._validate import check_range
 from ._compiled import compile_unavailable_reason, compiled_update
 from ._decay import apply_weight_decay, decays
+from ._native import native_update
 
 __all__ = ["Ranger", "RangerAdaBelief"]
 
@@ -158,13 +159,19 @@ def _real(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if t.is_complex() else t
 
 
-def _centralize(grads: list[Tensor]) -> None:
-    """Gradient centralization in place: g -= mean of g over all dims but the first (complex
-    gradients take the complex mean). torch has no foreach reduction over dims, so the row means
-    are one call per tensor; the subtraction is one foreach call."""
-    if grads:
-        means = [g.mean(dim=tuple(range(1, g.ndim)), keepdim=True) for g in grads]
-        torch._foreach_sub_(grads, means)
+def _centralized(grads: list[Tensor]) -> list[Tensor]:
+    """Gradient centralization: ``g - mean of g over all dims but the first`` for each ``ndim >
+    1`` gradient (complex gradients take the complex mean), as new tensors; the others are
+    returned as they are. torch has no foreach reduction over dims, so the row means are one
+    call per tensor; the subtraction is one foreach call."""
+    idx = [i for i, g in enumerate(grads) if g.ndim > 1]
+    if not idx:
+        return list(grads)
+    means = [grads[i].mean(dim=tuple(range(1, grads[i].ndim)), keepdim=True) for i in idx]
+    out = list(grads)
+    for i, g in zip(idx, torch._foreach_sub([grads[i] for i in idx], means)):
+        out[i] = g
+    return out
 
 
 class _RangerBase(torch.optim.Optimizer):
@@ -245,24 +252,19 @@ class _RangerBase(torch.optim.Optimizer):
         gradients it carries."""
         use_gc, wd = group["use_gc"], group["weight_decay"]
         l2 = not group["true_wd"] and wd != 0
+        # every change goes into new tensors: p.grad keeps the gradient the backward pass made
         grads = [g for _, g, _, _ in items]
-        if use_gc:
-            # in place on p.grad, as the reference implementations do (it is idempotent, so
-            # a second step on the same gradients centralizes nothing more)
-            _centralize([g for (p, g, _, _) in items if p.ndim > 1])
         if group["maximize"]:
-            grads = torch._foreach_neg(grads)
+            grads = list(torch._foreach_neg(grads))
         if l2:
-            # L2 goes into a copy: p.grad keeps the gradient the backward pass made
             idx = [i for i, (_, _, _, d) in enumerate(items) if d]
             if idx:
-                grads = list(grads)  # a copy (torch._foreach_neg may return a tuple)
                 dec = torch._foreach_add([grads[i] for i in idx],
                                          [items[i][0].detach() for i in idx], alpha=wd)
-                if use_gc:
-                    _centralize([g for g in dec if g.ndim > 1])
                 for i, g in zip(idx, dec):
                     grads[i] = g
+        if use_gc:
+            grads = _centralized(grads)
         block = _Block()
         for (p, _, state, decay), g in zip(items, grads):
             tensors = (p.detach(), g, state["exp_avg"], state["exp_avg_sq"],
@@ -285,9 +287,7 @@ class _RangerBase(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> Any:
         """One optimizer step; ``closure`` (optional) re-evaluates the model and returns the loss.
 
-        Like the reference implementations, the eager step applies gradient centralization to
-        ``p.grad`` in place (it is idempotent); nothing else writes to ``p.grad``, and the
-        compiled step (``compile=True``) leaves it unchanged.
+        ``p.grad`` is left unchanged (the reference implementations centralize it in place).
         """
         loss = None
         if closure is not None:
@@ -301,6 +301,10 @@ class _RangerBase(torch.optim.Optimizer):
                 if self.compile and dtype in _FUSED_DTYPES and self._compiled_step(
                         group, items, step, rect, sync):
                     continue  # the compiled update includes the Lookahead sync
+                if group.get("fused") is not False and native_update(
+                        *self._update_args(group, items, step, rect), self.adabelief,
+                        group["maximize"], sync):
+                    continue  # so does the C kernel's
                 block = self._prepare(group, items)
                 self._eager_update(group, block, step, rect)
                 if sync:
@@ -340,32 +344,38 @@ class _RangerBase(torch.optim.Optimizer):
             group.setdefault("maximize", False)
             group.setdefault("fused", None)
 
-    def _compiled_step(self, group: dict[str, Any], items: list[_Item], step: int,
-                       rect: float | None, sync: bool) -> bool:
-        """The compiled update of ``items``; False (after one warning) when it cannot run."""
-        if any(p.is_complex() for p, _, _, _ in items):
-            return False  # complex parameters take the eager path
+    @staticmethod
+    def _update_args(group: dict[str, Any], items: list[_Item], step: int,
+                     rect: float | None) -> tuple[Any, ...]:
+        """(params, grads, exp_avgs, exp_avg_sqs, slows, values, centralize, decoupled, l2) of
+        one update, as the compiled step and the C kernel take them (see ``_compiled._update``:
+        ``p -= m * (a / (sqrt(v) + eps) + b)``)."""
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         beta1, beta2 = group["betas"]
         l2_rule = not group["true_wd"]
         params = [p.detach() for p, _, _, _ in items]
-        grads = [g for _, g, _, _ in items]
         decayed = [d for _, _, _, d in items]
-        l2 = tuple(d and l2_rule for d in decayed)
-        decoupled = tuple(d and not l2_rule for d in decayed)
-        centralize = tuple(group["use_gc"] and p.ndim > 1 for p in params)
         bias_correction1 = 1.0 - beta1**step
         if rect is None:
             a, b, eps_add = 0.0, lr / bias_correction1, 0.0
         else:
             a = lr * rect * math.sqrt(1.0 - beta2**step) / bias_correction1
             b, eps_add = 0.0, eps
-        values = [1.0 - lr * wd, wd, beta1, beta2, a, b, eps, eps_add, group["alpha"]]
+        return (params, [g for _, g, _, _ in items], [st["exp_avg"] for _, _, st, _ in items],
+                [st["exp_avg_sq"] for _, _, st, _ in items],
+                [st["slow_buffer"] for _, _, st, _ in items],
+                [1.0 - lr * wd, wd, beta1, beta2, a, b, eps, eps_add, group["alpha"]],
+                tuple(group["use_gc"] and p.ndim > 1 for p in params),
+                tuple(d and not l2_rule for d in decayed), tuple(d and l2_rule for d in decayed))
+
+    def _compiled_step(self, group: dict[str, Any], items: list[_Item], step: int,
+                       rect: float | None, sync: bool) -> bool:
+        """The compiled update of ``items``; False (after one warning) when it cannot run."""
+        if any(p.is_complex() for p, _, _, _ in items):
+            return False  # complex parameters take the eager path
         try:
-            compiled_update(params, grads, [st["exp_avg"] for _, _, st, _ in items],
-                            [st["exp_avg_sq"] for _, _, st, _ in items],
-                            [st["slow_buffer"] for _, _, st, _ in items], values, centralize,
-                            decoupled, l2, self.adabelief, group["maximize"], sync)
+            compiled_update(*self._update_args(group, items, step, rect), self.adabelief,
+                            group["maximize"], sync)
         except Exception as err:  # noqa: BLE001  (no compiler, or inductor failed: run eager)
             self._compile_error = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
             warnings.warn(f"{type(self).__name__}(compile=True): torch.compile failed "
