@@ -3,7 +3,9 @@
 Peers run in the same process, interleaved in a shuffled order every repetition, and the
 median over repetitions is reported together with the median per-repetition ratio to torch's
 fused AdamW (``torch.optim.AdamW(fused=True)``, one pass over parameters, gradients and moments:
-the floor an elementwise optimizer can reach). Each timed block is ``k=6`` steps, so every block
+the floor an elementwise optimizer can reach). On CPU the Ranger rows are the default step, the
+C kernel of ``fasttricks.optim._native``; its one-off build is timed in a fresh process with an
+empty cache (``native_build_s``). Each timed block is ``k=6`` steps, so every block
 contains exactly one Lookahead sync. The rows marked ``compile=True`` run the Ranger family's
 compiled step; their compile cost is measured apart, in fresh processes: ``compile_s`` is the
 first step with an empty inductor cache, ``compile_warm_s`` the first step of a second fresh
@@ -149,6 +151,22 @@ def compile_probe(name: str, device: str, arch: str) -> float:
     return time.perf_counter() - start
 
 
+def native_build_seconds() -> float:
+    """Seconds of the Ranger family's C kernel build in a fresh process with an empty cache
+    folder (compiler run and library load: what the first fit on a machine pays once)."""
+    code = ("import time; from fasttricks.optim._native import native_status; "
+            "t = time.perf_counter(); s = native_status(); "
+            "print(s['available'], time.perf_counter() - t)")
+    with tempfile.TemporaryDirectory(prefix="optim_step_native_") as cache:
+        env = {**os.environ, "FASTTRICKS_CACHE_DIR": cache, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True, env=env)
+    available, seconds = done.stdout.split()[-2:]
+    if available != "True":
+        raise RuntimeError("the C kernel did not build: the Ranger rows would be torch's paths")
+    return float(seconds)
+
+
 def compile_times(device: str, arch: str, threads: int) -> dict[str, dict[str, float]]:
     """Cold and warm-cache first-step seconds per compiled row, each in a fresh process that
     shares this process's ``TORCHINDUCTOR_CACHE_DIR`` (empty before the first probe)."""
@@ -272,6 +290,10 @@ def main(argv: list[str] | None = None) -> None:
             sections = {"wall": run(device, arch, args.reps, "wall", args.threads, 0, compiled,
                                     costs)}
         result = {"machine": machine(device), **sections}
+        if device == "cpu":
+            result["native_build_s"] = native_build_seconds()
+            print(f"\nC kernel build (fresh process, empty cache): "
+                  f"{result['native_build_s']:.2f} s")
         path = args.out / f"optim_step_{device}.json"
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
         for section in sections.values():

@@ -354,15 +354,44 @@ def test_step_hooks_run_once_per_step():
 
 
 # ------------------------------------------------------------------ Ranger family
-def _radam_lookahead_pair(name, lr, wd, gc, block_numel=None, true_wd=True):
+def use_path(opt, path, monkeypatch):
+    """Send ``opt``'s steps through one of its three CPU paths: the C kernel ("native"), torch's
+    fused kernels ("torch"), or foreach calls in blocks of 7 elements ("foreach")."""
+    from fasttricks.optim import _native, _ranger
+
+    if path == "native":
+        if not _native.native_status()["available"]:
+            pytest.skip(f"no C kernel here: {_native.native_status()['reason']}")
+        calls = []
+        real = _ranger.native_update
+
+        def counted(*args):
+            calls.append(1)
+            done = real(*args)
+            assert done, "the C kernel declined tensors it should take"
+            return done
+
+        monkeypatch.setattr(_ranger, "native_update", counted)
+        return calls
+    monkeypatch.setattr(_ranger, "native_update", lambda *args: False)
+    if path == "foreach":
+        opt.block_numel = 7
+        for group in opt.param_groups:
+            group["fused"] = False
+    return None
+
+
+PATHS = ["native", "torch", "foreach"]
+
+
+def _radam_lookahead_pair(name, lr, wd, gc, monkeypatch, path="native", true_wd=True):
     """ours vs torch RAdam + Lookahead (+ decay and GC written out) composed here."""
     betas, eps = (0.9, 0.99), 1e-7
     x, y = data()
     m_ours, m_ref = make_model(), make_model()
     ours = create_optimizer(m_ours, name, lr, mom=betas[0], sqr_mom=betas[1], eps=eps, wd=wd,
                             true_wd=true_wd)
-    if block_numel is not None:
-        ours.block_numel = block_numel
+    calls = use_path(ours, path, monkeypatch)
     radam = torch.optim.RAdam(m_ref.parameters(), lr, betas, eps, foreach=False)
     lookahead = LookaheadRef(m_ref, k=6, alpha=0.5)
     for step in range(STEPS):
@@ -378,22 +407,26 @@ def _radam_lookahead_pair(name, lr, wd, gc, block_numel=None, true_wd=True):
         radam.step()
         lookahead.after_step(list(m_ref.parameters()))
         assert_same_params(m_ours, m_ref, step)
+    assert calls is None or len(calls) == STEPS
 
 
-@pytest.mark.parametrize("block_numel", [None, 7])
-def test_ranger_nogc_matches_torch_radam_plus_lookahead(block_numel):
-    _radam_lookahead_pair("ranger_nogc", lr=1e-2, wd=0.0, gc=False, block_numel=block_numel)
+@pytest.mark.parametrize("path", PATHS)
+def test_ranger_nogc_matches_torch_radam_plus_lookahead(path, monkeypatch):
+    _radam_lookahead_pair("ranger_nogc", lr=1e-2, wd=0.0, gc=False, monkeypatch=monkeypatch,
+                          path=path)
 
 
-@pytest.mark.parametrize("block_numel", [None, 7])
+@pytest.mark.parametrize("path", PATHS)
 def test_ranger_matches_radam_lookahead_with_centralized_gradients_and_decoupled_decay(
-    block_numel,
+    path, monkeypatch,
 ):
-    _radam_lookahead_pair("ranger", lr=1e-2, wd=0.1, gc=True, block_numel=block_numel)
+    _radam_lookahead_pair("ranger", lr=1e-2, wd=0.1, gc=True, monkeypatch=monkeypatch, path=path)
 
 
-def test_ranger_l2_rule_adds_decay_to_gradient_before_centralization():
-    _radam_lookahead_pair("ranger", lr=1e-2, wd=0.1, gc=True, true_wd=False)
+@pytest.mark.parametrize("path", PATHS)
+def test_ranger_l2_rule_adds_decay_to_gradient_before_centralization(path, monkeypatch):
+    _radam_lookahead_pair("ranger", lr=1e-2, wd=0.1, gc=True, monkeypatch=monkeypatch, path=path,
+                          true_wd=False)
 
 
 def test_rectification_switches_on_when_rho_exceeds_five():
@@ -408,17 +441,16 @@ def test_rectification_switches_on_when_rho_exceeds_five():
     assert _rectification(t, b2) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize(("name", "wd", "block_numel"),
-                         [("rangeradabelief", 0.0, None), ("rangeradabelief", 0.1, 7),
-                          ("rangeradabelief_nogc", 0.05, None)])
-def test_rangeradabelief_matches_written_out_adabelief_formula(name, wd, block_numel):
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("name", "wd"), [("rangeradabelief", 0.0), ("rangeradabelief", 0.1),
+                                          ("rangeradabelief_nogc", 0.05)])
+def test_rangeradabelief_matches_written_out_adabelief_formula(name, wd, path, monkeypatch):
     lr, betas, eps = 1e-2, (0.9, 0.999), 1e-6
     gc = not name.endswith("nogc")
     x, y = data()
     m_ours, m_ref = make_model(), make_model()
     ours = create_optimizer(m_ours, name, lr, mom=betas[0], sqr_mom=betas[1], eps=eps, wd=wd)
-    if block_numel is not None:
-        ours.block_numel = block_numel
+    use_path(ours, path, monkeypatch)
     ref_step = adabelief_radam_reference(m_ref, lr, betas, eps)
     lookahead = LookaheadRef(m_ref, k=6, alpha=0.5)
     for step in range(STEPS):

@@ -176,11 +176,12 @@ def get_optimizer(name: str, **overrides: Any) -> OptFunc:
     short names: ``wd``, ``eps``, ``mom``, ``sqr_mom``, plus optimizer-specific ones (``k``,
     ``alpha``, ``use_gc``, ``nesterov``) and the rules ``true_wd``/``bn_wd``.
 
-    ``compile=True`` (ranger, ranger_nogc, rangeradabelief, rangeradabelief_nogc) runs each step
-    through one ``torch.compile``d function: about fused AdamW's speed, after a compile that
-    takes tens of seconds the first time for a model's parameter shapes (cached on disk, a few
-    seconds to a few tens in a fresh process). Worth it for fits of minutes; a fit of a few
-    seconds should keep the default eager step.
+    On CPU the Ranger family's default step is a C loop of its own, built once per machine in
+    about a second (see :mod:`fasttricks.optim._native`). ``compile=True`` (ranger,
+    ranger_nogc, rangeradabelief, rangeradabelief_nogc) runs each step through one
+    ``torch.compile``d function instead, after a compile that takes tens of seconds the first
+    time for a model's parameter shapes (cached on disk); it is meant for GPUs, where the C
+    loop does not run.
 
     Raises ``KeyError`` for an unknown name (listing the known ones and the closest match),
     ``TypeError`` for an override the optimizer does not take (listing the allowed keys) and

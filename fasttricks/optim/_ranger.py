@@ -14,16 +14,18 @@
 
 Ranger is Less Wright's combination of the first three (2019); RangerAdaBelief adds the fourth.
 
-Speed: a rectified RAdam step is Adam's step with learning rate ``lr*r_t`` and eps
-``eps/sqrt(1-b2^t)``, so on CPU and CUDA it runs through torch's fused AdamW kernel (one pass over
-parameters, gradients and moments, like ``torch.optim.AdamW(fused=True)``). RangerAdaBelief's
-rectified step (CPU) is torch's fused SGD kernel, used to write the new first moment and
-``g - m``, followed by the same Adam kernel with ``beta1 ~ 1`` (see ``_fused_update``). Where the
-kernels do not apply (RAdam's first un-rectified steps, non-contiguous or non-float tensors,
-other devices, ``fused=False``, RangerAdaBelief on CUDA) the step is ``torch._foreach_*`` over all
-parameters of a group that share device, dtype and step count, cut into cache-sized blocks on
-CPU. Complex parameters are updated as their real views, as ``torch.optim.RAdam`` does;
-gradient centralization takes the complex mean.
+Speed: on CPU a step over float32/float64 tensors (contiguous or channels-last) is one call of
+the C kernel in ``_native.py``: one pass per row with the gradient centralization, both moments,
+the step and the Lookahead sync, as fast as torch's fused AdamW. Elsewhere a rectified RAdam
+step is Adam's step with learning rate ``lr*r_t`` and eps ``eps/sqrt(1-b2^t)``, so it runs
+through torch's fused AdamW kernel (CPU and CUDA). RangerAdaBelief's rectified step (CPU) is
+torch's fused SGD kernel, used to write the new first moment and ``g - m``, followed by the same
+Adam kernel with ``beta1 ~ 1`` (see ``_fused_update``). Where those kernels do not apply
+(RAdam's first un-rectified steps, non-contiguous or non-float tensors, other devices,
+``fused=False``, RangerAdaBelief on CUDA) the step is ``torch._foreach_*`` over all parameters
+of a group that share device, dtype and step count, cut into cache-sized blocks on CPU. Complex
+parameters are updated as their real views, as ``torch.optim.RAdam`` does; gradient
+centralization takes the complex mean. No path writes to ``p.grad``.
 
 ``compile=True`` replaces all of this by one ``torch.compile``d update (``_compiled.py``).
 """
@@ -471,7 +473,7 @@ class _RangerBase(torch.optim.Optimizer):
 
 
 class Ranger(_RangerBase):
-    """Ranger: RAdam + Lookahead (k=6, alpha=0.5) + gradient centralization, fused kernels.
+    """Ranger: RAdam + Lookahead (k=6, alpha=0.5) + gradient centralization, fused steps.
 
     Per step and parameter group: weight decay (decoupled ``p *= 1 - lr*wd`` by default, on
     parameters with ``ndim > 1`` only unless ``bn_wd=True``), gradient centralization on
@@ -492,14 +494,16 @@ class Ranger(_RangerBase):
         true_wd: decoupled decay if True, L2 on the gradient if False (default True).
         bn_wd: also decay 1-D parameters (biases, norm weights) (default False).
         maximize: maximize the objective instead of minimizing (default False).
-        fused: rectified steps through torch's fused Adam kernel (``None``, the default: where
-            it applies: CPU or CUDA, floating dtypes, contiguous tensors; ``False``: always the
-            foreach path; ``True``: the same as None, but an error where torch lacks it).
+        fused: ``None`` (the default): the C kernel on CPU where it applies (float32/float64,
+            contiguous or channels-last, a working C compiler), else rectified steps through
+            torch's fused Adam kernel (CPU or CUDA, floating dtypes, contiguous tensors);
+            ``False``: always the foreach path; ``True``: the same as None, but an error where
+            torch lacks its fused kernels.
         compile: run each step through one ``torch.compile``d function over the parameter
-            lists (default False; see ``fasttricks.optim._compiled``): about fused AdamW's
-            speed for every variant, after a one-off compile per parameter layout (tens of
-            seconds cold, cached on disk). Without a working compiler it warns once and takes
-            the eager step. Complex parameters always take the eager step.
+            lists (default False; see ``fasttricks.optim._compiled``), after a one-off compile
+            per parameter layout (tens of seconds cold, cached on disk); on CPU the default C
+            kernel is faster. Without a working compiler it warns once and takes the eager
+            step. Complex parameters always take the eager step.
 
     Example::
 
@@ -534,7 +538,7 @@ class Ranger(_RangerBase):
 
 
 class RangerAdaBelief(_RangerBase):
-    """RangerAdaBelief: Ranger with AdaBelief's second moment, fused kernels on CPU.
+    """RangerAdaBelief: Ranger with AdaBelief's second moment, fused steps on CPU.
 
     Same as :class:`Ranger` except the second moment is ``s = b2*s + (1-b2)*(g - m)^2`` with
     ``m`` the freshly updated first moment, and on rectified steps ``s += eps`` (kept in the
@@ -560,8 +564,8 @@ class RangerAdaBelief(_RangerBase):
         true_wd: decoupled decay if True, L2 on the gradient if False (default True).
         bn_wd: also decay 1-D parameters (default False).
         maximize: maximize the objective instead of minimizing (default False).
-        fused: rectified steps through torch's fused kernels (``None``, the default: on CPU for
-            floating dtypes and contiguous tensors; ``False``: always the foreach path).
+        fused: as in :class:`Ranger`: ``None`` (the default) takes the C kernel on CPU where
+            it applies, else torch's fused kernels (CPU); ``False``: always the foreach path.
         compile: the compiled step, as in :class:`Ranger` (default False).
     """
 
