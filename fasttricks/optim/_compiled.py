@@ -1,5 +1,8 @@
 """The opt-in compiled step of Ranger and RangerAdaBelief: one ``torch.compile``d function.
 
+Meant for GPUs: on CPU the default step, the C loop of ``_native.py``, is faster and needs no
+compile of tens of seconds.
+
 The whole elementwise part of a step (maximize, L2 or decoupled decay per parameter, the
 centralized gradient, both moments, RAdam's rectified or momentum-SGD update) is one function
 over the parameter and state lists, compiled by inductor into loops that read each buffer once
