@@ -31,6 +31,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+def skip_without_kernel() -> None:
+    """Skip where the optimizers' C kernel cannot be built; fail instead under
+    FASTTRICKS_REQUIRE_NATIVE=1 (CI installs a compiler, so there it must build)."""
+    from fasttricks.optim._native import native_status
+
+    status = native_status()
+    if not status["available"]:
+        if os.environ.get("FASTTRICKS_REQUIRE_NATIVE") == "1":
+            pytest.fail(f"FASTTRICKS_REQUIRE_NATIVE=1 but no C kernel: {status['reason']}")
+        pytest.skip(f"no C kernel here: {status['reason']}")
+
+
 @pytest.fixture
 def tmp_cwd(tmp_path, monkeypatch):
     """Run the test inside an empty temporary working directory (for `runs/` output)."""

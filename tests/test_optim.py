@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import skip_without_kernel
 from fasttricks.optim import (
     SGD,
     OptimizerConfig,
@@ -357,11 +358,10 @@ def test_step_hooks_run_once_per_step():
 def use_path(opt, path, monkeypatch):
     """Send ``opt``'s steps through one of its three CPU paths: the C kernel ("native"), torch's
     fused kernels ("torch"), or foreach calls in blocks of 7 elements ("foreach")."""
-    from fasttricks.optim import _native, _ranger
+    from fasttricks.optim import _ranger
 
     if path == "native":
-        if not _native.native_status()["available"]:
-            pytest.skip(f"no C kernel here: {_native.native_status()['reason']}")
+        skip_without_kernel()
         calls = []
         real = _ranger.native_update
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import skip_without_kernel
 from fasttricks.optim import Ranger, RangerAdaBelief, _native, _ranger
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _kernel_here():
-    if not _native.native_status()["available"]:
-        pytest.skip(f"no C kernel here: {_native.native_status()['reason']}")
+    skip_without_kernel()
 
 
 @pytest.fixture
