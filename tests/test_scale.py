@@ -51,6 +51,11 @@ def _trained_per_member(study) -> dict[int, int]:
     return counts
 
 
+def _pid(trial) -> int:
+    """The pid of the process that claimed ``trial`` (its ``worker`` attribute, host:pid)."""
+    return int(trial.user_attrs["worker"].rpartition(":")[2])
+
+
 def _numbers(result_json: Path) -> dict:
     """result.json without what depends on the clock."""
     data = json.loads(result_json.read_text())
@@ -140,7 +145,7 @@ def test_train_seeds_with_two_workers_gives_the_sequential_run_folders(tmp_path,
 
 def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_path):
     recipe = tmp_path / "r.yaml"
-    save_recipe(tiny_digits(epochs=12), recipe)
+    save_recipe(tiny_digits(epochs=100), recipe)  # members of a few seconds
     out = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     launcher = subprocess.Popen(
@@ -158,12 +163,14 @@ def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_pat
             running = _study(kdir).get_trials(states=(TrialState.RUNNING,))
         except (ValueError, KeyError):
             continue
-        owned = [t for t in running if "worker" in t.user_attrs]
+        # the launching process trains members too (worker 0): kill the other worker
+        owned = [t for t in running if "worker" in t.user_attrs
+                 and _pid(t) != launcher.pid]
         if owned:
             victim = owned[0]
     assert victim is not None, launcher.communicate()[0]
     time.sleep(0.5)  # mid-member
-    pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+    pid = _pid(victim)
     os.kill(pid, signal.SIGKILL)
     output, _ = launcher.communicate(timeout=300)
     assert launcher.returncode == 0, output
@@ -175,6 +182,10 @@ def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_pat
     assert killed.state == TrialState.FAIL
     assert not (kdir / f"fold_{member}.pt").exists() or _trained_per_member(study)[member] == 1
     assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
+    # the killed worker's fold was trained again by the one left, the launching process
+    (retried,) = [t for t in study.get_trials(states=(TrialState.COMPLETE,))
+                  if _member_of(t) == member and t.user_attrs.get("trained")]
+    assert _pid(retried) == launcher.pid and retried.number > victim.number
     result = json.loads((kdir / "result.json").read_text())
     assert [f["fold"] for f in result["folds"]] == [0, 1, 2]
     assert "3-fold: OOF accuracy" in output
