@@ -84,6 +84,9 @@ def test_two_workers_give_the_sequential_kfold_results(tmp_path):
     assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
     owners = {t.user_attrs["worker"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert len(owners) == 2, owners  # both workers took members
+    from fasttricks.tune._workers import worker_id
+
+    assert worker_id() in owners  # the launching process is one of them (worker 0)
 
     # a rerun finds every fold finished: nothing is trained, no worker is started
     stamps = {p: p.stat().st_mtime_ns for p in kdir.glob("fold_*.pt*")}
@@ -91,6 +94,31 @@ def test_two_workers_give_the_sequential_kfold_results(tmp_path):
     assert all(f.resumed for f in again.folds)
     assert {p: p.stat().st_mtime_ns for p in kdir.glob("fold_*.pt*")} == stamps
     assert _trained_per_member(_study(kdir)) == {0: 1, 1: 1, 2: 1}
+
+
+def test_started_workers_give_the_sequential_kfold_results(tmp_path, monkeypatch):
+    """Where forking is unsafe the other workers are fresh interpreters; same results."""
+    from fasttricks.ensemble import _parallel
+    from fasttricks.tune._workers import worker_id
+
+    started = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(_parallel, "START_METHOD", "spawn")
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a[0]) or
+                        popen(*a, **k))
+    # folds of a few seconds, so the started worker (seconds of imports) gets some of them
+    recipe = tiny_digits(epochs=120)
+    seq = kfold_fit(recipe, 4, out_dir=tmp_path / "seq", progress=False)
+    par = kfold_fit(recipe, 4, out_dir=tmp_path / "par", progress=False, workers=2,
+                    threads=1)
+    assert [cmd[1:3] for cmd in started] == [["-m", "fasttricks.ensemble._worker"]]
+    assert torch.equal(seq.oof_preds, par.oof_preds)
+    assert torch.equal(seq.test_preds, par.test_preds)
+    assert [f.valid for f in seq.folds] == [f.valid for f in par.folds]
+    study = _study(tmp_path / "par" / "tiny_digits" / "kfold")
+    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1, 3: 1}
+    owners = {t.user_attrs["worker"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert worker_id() in owners and len(owners) == 2  # this process and the started one
 
 
 def test_two_workers_give_the_sequential_seed_ensemble(tmp_path):

@@ -90,11 +90,13 @@ def _recover(study: Any) -> None:
     """Fail the RUNNING trials of dead workers: local ones by pid, remote ones by heartbeat."""
     import optuna
 
+    from fasttricks.tune._logs import quiet_experimental
     from fasttricks.tune._workers import fail_orphaned_trials, heartbeat_enabled
 
     fail_orphaned_trials(study)
     if heartbeat_enabled(study):
-        optuna.storages.fail_stale_trials(study)
+        with quiet_experimental():
+            optuna.storages.fail_stale_trials(study)
 
 
 def enqueue_missing(study: Any, job: MemberJob) -> list[int]:
@@ -403,10 +405,11 @@ def run_workers(
     member is finished (by these workers or by others on the same storage).
 
     On CPU the calling process is worker 0: it claims and trains members itself (with the
-    worker thread count) while ``workers - 1`` more processes do the same, forked from it where
-    that is safe (:func:`start_method`: they start at once, with everything imported and the
-    data loaded) or else started as ``python -m fasttricks.ensemble._worker``. A thread per
-    worker reaps it when it ends, so the member of a killed worker is claimed again. With
+    worker thread count, and the job rebuilt from ``spec`` as a started worker rebuilds it: no
+    progress bars, no callbacks) while ``workers - 1`` more processes do the same, forked from
+    it where that is safe (:func:`start_method`: they start at once, with everything imported
+    and the data loaded) or else started as ``python -m fasttricks.ensemble._worker``. A thread
+    per worker reaps it when it ends, so the member of a killed worker is claimed again. With
     ``gpus`` every worker is a fresh process pinned to its GPU and the caller only supervises.
 
     Args:
@@ -437,6 +440,10 @@ def run_workers(
     spec_path = folder / SPEC_NAME
     write_json(spec_path, spec)
     inline = not gpus
+    if inline:  # the job as a started worker rebuilds it: quiet, no callbacks
+        from fasttricks.ensemble._worker import build_job
+
+        job = build_job(spec)
     how = start_method(n_threads, gpus)
     if progress:
         where = (", ".join(f"worker {i} -> GPU {gpus[i % len(gpus)]}" for i in range(workers))
@@ -446,6 +453,7 @@ def run_workers(
               f"({where})", flush=True)
     url = _storage_url(folder, storage)
     procs: dict[int, Any] = {}
+    reaper = None
     try:
         for index in range(1 if inline else 0, workers):
             procs[index] = _start_worker(index, how, job=job, study_name=study_name, url=url,
@@ -454,12 +462,14 @@ def run_workers(
             reaper = _Reaper(procs)
             with _torch_threads(n_threads):
                 work(study, job, label="worker 0")
-            reaper.join()
         else:
             _supervise(study, procs)
     except BaseException:
         _stop_all(study, procs)
         raise
+    finally:
+        if reaper is not None:
+            reaper.join()
     left = [n for i, n in enumerate(job.names) if job.finished(i) is None]
     if left:
         raise RuntimeError(f"the workers ended with members unfinished: {left}; their output "
