@@ -15,6 +15,10 @@ after the job's fingerprint, with one enqueued trial per member (fixed params ``
   PostgreSQL, when its heartbeat goes stale; a member with neither a finished record nor a
   live trial is enqueued again, so it is retried by the next free worker.
 - a rerun skips members whose record is finished (the store decides, as in the sequential run).
+- processes: on CPU the launching process is worker 0 and trains members itself; the other
+  workers are forked from it where that is safe (:func:`start_method`), so they start in
+  milliseconds with torch, fastai and the data already loaded, instead of paying seconds of
+  imports each as fresh interpreters (still used with GPUs, or where forking is unsafe).
 
 When every member is finished the caller averages, scores and reports once, through the
 sequential code path, which then finds every member on disk. Several machines share a job with
