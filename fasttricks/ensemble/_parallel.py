@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,8 @@ from typing import Any
 from fasttricks._io import write_json
 from fasttricks.ensemble._members import MemberJob, train_member
 
-__all__ = ["MEMBER_PARAM", "SPEC_NAME", "START_METHOD", "Workers", "claim_member", "run_workers",
-           "start_method", "work", "worker_threads"]
+__all__ = ["JOB_KINDS", "MEMBER_PARAM", "SPEC_NAME", "START_METHOD", "Workers", "build_job",
+           "claim_member", "run_workers", "start_method", "work", "worker_threads"]
 
 _log = logging.getLogger(__name__)
 
@@ -52,6 +52,25 @@ MEMBER_PARAM = "member"
 SPEC_NAME = "members.json"
 JOURNAL_NAME = "members.log"
 HEARTBEAT_SECONDS = 30
+
+
+# kind -> build(spec) -> MemberJob; each job module registers its kind ("kfold" in _kfold,
+# "seeds" in _ensembles, "seed_runs" in _seed_runs), so this module imports none of them
+JOB_KINDS: dict[str, Callable[[dict], MemberJob]] = {}
+
+
+def build_job(spec: dict) -> MemberJob:
+    """The member job a description file names, as a worker trains it (no progress, no
+    callbacks); refuses one whose fingerprint has changed."""
+    kind = spec.get("kind")
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown member job kind {kind!r}; known: {sorted(JOB_KINDS)}")
+    job = JOB_KINDS[kind](spec)
+    if spec.get("fingerprint") not in (None, job.store.fingerprint):
+        raise ValueError(f"the job in {job.store.folder} was rebuilt with other settings "
+                         f"(fingerprint {job.store.fingerprint}, expected "
+                         f"{spec['fingerprint']}); rerun the launching command")
+    return job
 
 
 def worker_threads(workers: int, threads: int | None = None) -> int:
@@ -445,8 +464,6 @@ def run_workers(
     write_json(spec_path, spec)
     inline = not gpus
     if inline:  # the job as a started worker rebuilds it: quiet, no callbacks
-        from fasttricks.ensemble._worker import build_job
-
         job = build_job(spec)
     how = start_method(n_threads, gpus)
     if progress:
