@@ -242,7 +242,7 @@ def splits_dataloaders(
     """
     from fastai.torch_core import default_device
 
-    from fasttricks.data.images import resolve_num_workers
+    from fasttricks.data._num_workers import resolve_num_workers
 
     device = device or default_device()
     if pin_memory == "auto":

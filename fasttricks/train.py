@@ -21,7 +21,8 @@ deviation and standard error of the test metric: the cheatsheet's check of how m
 moves with the seed alone, i.e. how far apart two results must be to mean anything.
 A rerun skips the seeds whose folder already holds a whole run of the same recipe and seed.
 ``--kfold N --workers W [--gpus 0,1] [--storage URL]`` trains the folds in W worker processes
-(one per GPU or CPU slot), each fold claimed once from a shared study (a journal file in the
+(one per GPU or CPU slot; on CPU this process is one of them and forks the others, which then
+start at once), each fold claimed once from a shared study (a journal file in the
 k-fold folder, or PostgreSQL for several machines running the same command); a killed worker's
 fold is retried and a rerun skips finished folds. ``--seeds N --workers W`` does the same
 with the seeds' run folders (journal ``<out>/<name>/members.log``), with the results of the

@@ -51,6 +51,11 @@ def _trained_per_member(study) -> dict[int, int]:
     return counts
 
 
+def _pid(trial) -> int:
+    """The pid of the process that claimed ``trial`` (its ``worker`` attribute, host:pid)."""
+    return int(trial.user_attrs["worker"].rpartition(":")[2])
+
+
 def _numbers(result_json: Path) -> dict:
     """result.json without what depends on the clock."""
     data = json.loads(result_json.read_text())
@@ -79,6 +84,9 @@ def test_two_workers_give_the_sequential_kfold_results(tmp_path):
     assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
     owners = {t.user_attrs["worker"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert len(owners) == 2, owners  # both workers took members
+    from fasttricks.tune._workers import worker_id
+
+    assert worker_id() in owners  # the launching process is one of them (worker 0)
 
     # a rerun finds every fold finished: nothing is trained, no worker is started
     stamps = {p: p.stat().st_mtime_ns for p in kdir.glob("fold_*.pt*")}
@@ -86,6 +94,31 @@ def test_two_workers_give_the_sequential_kfold_results(tmp_path):
     assert all(f.resumed for f in again.folds)
     assert {p: p.stat().st_mtime_ns for p in kdir.glob("fold_*.pt*")} == stamps
     assert _trained_per_member(_study(kdir)) == {0: 1, 1: 1, 2: 1}
+
+
+def test_started_workers_give_the_sequential_kfold_results(tmp_path, monkeypatch):
+    """Where forking is unsafe the other workers are fresh interpreters; same results."""
+    from fasttricks.ensemble import _parallel
+    from fasttricks.tune._workers import worker_id
+
+    started = []
+    popen = subprocess.Popen
+    monkeypatch.setattr(_parallel, "START_METHOD", "spawn")
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a[0]) or
+                        popen(*a, **k))
+    # folds of a few seconds, so the started worker (seconds of imports) gets some of them
+    recipe = tiny_digits(epochs=120)
+    seq = kfold_fit(recipe, 4, out_dir=tmp_path / "seq", progress=False)
+    par = kfold_fit(recipe, 4, out_dir=tmp_path / "par", progress=False, workers=2,
+                    threads=1)
+    assert [cmd[1:3] for cmd in started] == [["-m", "fasttricks.ensemble._worker"]]
+    assert torch.equal(seq.oof_preds, par.oof_preds)
+    assert torch.equal(seq.test_preds, par.test_preds)
+    assert [f.valid for f in seq.folds] == [f.valid for f in par.folds]
+    study = _study(tmp_path / "par" / "tiny_digits" / "kfold")
+    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1, 3: 1}
+    owners = {t.user_attrs["worker"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert worker_id() in owners and len(owners) == 2  # this process and the started one
 
 
 def test_two_workers_give_the_sequential_seed_ensemble(tmp_path):
@@ -140,7 +173,7 @@ def test_train_seeds_with_two_workers_gives_the_sequential_run_folders(tmp_path,
 
 def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_path):
     recipe = tmp_path / "r.yaml"
-    save_recipe(tiny_digits(epochs=12), recipe)
+    save_recipe(tiny_digits(epochs=100), recipe)  # members of a few seconds
     out = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     launcher = subprocess.Popen(
@@ -158,12 +191,14 @@ def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_pat
             running = _study(kdir).get_trials(states=(TrialState.RUNNING,))
         except (ValueError, KeyError):
             continue
-        owned = [t for t in running if "worker" in t.user_attrs]
+        # the launching process trains members too (worker 0): kill the other worker
+        owned = [t for t in running if "worker" in t.user_attrs
+                 and _pid(t) != launcher.pid]
         if owned:
             victim = owned[0]
     assert victim is not None, launcher.communicate()[0]
     time.sleep(0.5)  # mid-member
-    pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+    pid = _pid(victim)
     os.kill(pid, signal.SIGKILL)
     output, _ = launcher.communicate(timeout=300)
     assert launcher.returncode == 0, output
@@ -175,6 +210,10 @@ def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_pat
     assert killed.state == TrialState.FAIL
     assert not (kdir / f"fold_{member}.pt").exists() or _trained_per_member(study)[member] == 1
     assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
+    # the killed worker's fold was trained again by the one left, the launching process
+    (retried,) = [t for t in study.get_trials(states=(TrialState.COMPLETE,))
+                  if _member_of(t) == member and t.user_attrs.get("trained")]
+    assert _pid(retried) == launcher.pid and retried.number > victim.number
     result = json.loads((kdir / "result.json").read_text())
     assert [f["fold"] for f in result["folds"]] == [0, 1, 2]
     assert "3-fold: OOF accuracy" in output

@@ -30,7 +30,6 @@ import ctypes
 import io
 import logging
 import math
-import multiprocessing
 import os
 import random
 import sys
@@ -59,6 +58,8 @@ from fastai.vision.augment import (
 )
 from fasttransform import Pipeline, compose_tfms
 from PIL import Image
+
+from fasttricks.data._num_workers import resolve_num_workers
 
 __all__ = [
     "AUGMENT_DEFAULTS",
@@ -100,33 +101,6 @@ CHECK_IMAGES_LIMIT = 20_000
 
 #: ImageNet channel statistics (fastai's ``imagenet_stats``).
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-# --------------------------------------------------------------------------------------------
-# workers
-
-
-def resolve_num_workers(value: int | str = "auto") -> int:
-    """Loader worker processes for ``value``: an int as is, ``"auto"`` the usable cores.
-
-    ``auto`` is the number of cores this process may run on (``os.sched_getaffinity``, so a
-    container's or ``taskset``'s limit counts), at most 16, and 0 where worker processes cannot
-    start: inside a daemonic process (which may not have children) or where fastai turns them
-    off (macOS).
-    """
-    if isinstance(value, bool) or not (value == "auto" or isinstance(value, int)):
-        raise ValueError(f"num_workers must be 'auto' or an integer >= 0, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"num_workers must be 'auto' or an integer >= 0, got {value!r}")
-        return value
-    if multiprocessing.current_process().daemon or sys.platform == "darwin":
-        return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(0, min(cores, 16))
 
 
 # --------------------------------------------------------------------------------------------

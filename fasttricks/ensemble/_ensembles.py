@@ -27,7 +27,7 @@ from fasttricks.ensemble._members import (
     quiet,
     scorers,
 )
-from fasttricks.ensemble._parallel import Workers
+from fasttricks.ensemble._parallel import JOB_KINDS, Workers
 from fasttricks.ensemble._report import announce, fmt, member_line, metrics_json
 from fasttricks.ensemble._results import EnsembleScores, MemberScores
 from fasttricks.ensemble._store import MemberStore, fingerprint, safe_load, to_plain
@@ -189,6 +189,15 @@ def seed_job(recipe: Any, seeds: Sequence[int],
         return member_record(learn, plan.has_test), learn
 
     return plan, MemberJob(store=store, names=[f"seed_{s}" for s in seeds], train=train)
+
+
+def _job_from_spec(spec: dict) -> MemberJob:
+    """The seed-ensemble job of a worker's description
+    (:func:`fasttricks.ensemble._parallel.build_job`)."""
+    return seed_job(spec["recipe"], options=MemberOptions.from_spec(spec), **spec["kwargs"])[1]
+
+
+JOB_KINDS["seeds"] = _job_from_spec
 
 
 def seed_ensemble(

@@ -27,7 +27,7 @@ from fasttricks.ensemble._members import (
     quiet,
     scorers,
 )
-from fasttricks.ensemble._parallel import Workers
+from fasttricks.ensemble._parallel import JOB_KINDS, Workers
 from fasttricks.ensemble._report import (
     announce,
     fmt,
@@ -299,6 +299,15 @@ def kfold_job(
     job = MemberJob(store=store, names=[f"fold_{i}" for i in range(len(folds))], train=trainer,
                     accept=trainer.accept)
     return plan, folds, job
+
+
+def _job_from_spec(spec: dict) -> MemberJob:
+    """The k-fold job of a worker's description
+    (:func:`fasttricks.ensemble._parallel.build_job`)."""
+    return kfold_job(spec["recipe"], options=MemberOptions.from_spec(spec), **spec["kwargs"])[2]
+
+
+JOB_KINDS["kfold"] = _job_from_spec
 
 
 def kfold_fit(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fasttricks.ensemble._members import MemberJob
-from fasttricks.ensemble._parallel import Workers
+from fasttricks.ensemble._parallel import JOB_KINDS, Workers
 from fasttricks.ensemble._store import fingerprint
 
 __all__ = ["RunFolders", "run_seeds_in_workers", "seed_runs_job"]
@@ -82,6 +82,15 @@ def seed_runs_job(recipe: Any, seeds: Sequence[int],
         return {"result": result}, result.learn
 
     return MemberJob(store=store, names=names, train=train)
+
+
+def _job_from_spec(spec: dict) -> MemberJob:
+    """The ``--seeds`` job of a worker's description
+    (:func:`fasttricks.ensemble._parallel.build_job`)."""
+    return seed_runs_job(spec["recipe"], out_dir=spec["out_dir"], **spec["kwargs"])
+
+
+JOB_KINDS["seed_runs"] = _job_from_spec
 
 
 def run_seeds_in_workers(

@@ -11,46 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from fasttricks.ensemble._ensembles import seed_job
-from fasttricks.ensemble._kfold import kfold_job
-from fasttricks.ensemble._members import MemberJob, MemberOptions
-from fasttricks.ensemble._parallel import open_study, read_spec, work
-from fasttricks.ensemble._seed_runs import seed_runs_job
+# importing the job modules registers their kinds in JOB_KINDS
+import fasttricks.ensemble._ensembles  # noqa: F401
+import fasttricks.ensemble._kfold  # noqa: F401
+import fasttricks.ensemble._seed_runs  # noqa: F401
+from fasttricks.ensemble._parallel import JOB_KINDS, build_job, open_study, read_spec, work
 
 __all__ = ["JOB_KINDS", "build_job", "main"]
-
-
-def _kfold(spec: dict) -> MemberJob:
-    return kfold_job(spec["recipe"], options=MemberOptions.from_spec(spec), **spec["kwargs"])[2]
-
-
-def _seeds(spec: dict) -> MemberJob:
-    return seed_job(spec["recipe"], options=MemberOptions.from_spec(spec), **spec["kwargs"])[1]
-
-
-def _seed_runs(spec: dict) -> MemberJob:
-    return seed_runs_job(spec["recipe"], out_dir=spec["out_dir"], **spec["kwargs"])
-
-
-# kind -> build(spec) -> MemberJob: a k-fold job, a seed ensemble, the run folders of --seeds
-JOB_KINDS: dict[str, Callable[[dict], MemberJob]] = {
-    "kfold": _kfold, "seeds": _seeds, "seed_runs": _seed_runs}
-
-
-def build_job(spec: dict) -> MemberJob:
-    """The member job a description file names; refuses one whose fingerprint has changed."""
-    kind = spec.get("kind")
-    if kind not in JOB_KINDS:
-        raise ValueError(f"unknown member job kind {kind!r}; known: {sorted(JOB_KINDS)}")
-    job = JOB_KINDS[kind](spec)
-    if spec.get("fingerprint") not in (None, job.store.fingerprint):
-        raise ValueError(f"the job in {job.store.folder} was rebuilt with other settings "
-                         f"(fingerprint {job.store.fingerprint}, expected "
-                         f"{spec['fingerprint']}); rerun the launching command")
-    return job
 
 
 def main(argv: Sequence[str] | None = None) -> int:
