@@ -264,7 +264,10 @@ def start_method(threads: int, gpus: Sequence[str] | None = None,
         return "spawn"
     import torch
 
-    if torch.cuda.is_initialized() or threading.active_count() > 1:
+    if torch.cuda.is_initialized():
+        return "spawn"
+    _stop_tqdm_monitors()
+    if threading.active_count() > 1:
         return "spawn"
     if int(threads) == 1:
         return "fork"
@@ -273,6 +276,18 @@ def start_method(threads: int, gpus: Sequence[str] | None = None,
     except OSError:
         return "spawn"
     return "fork" if native == 1 else "spawn"
+
+
+def _stop_tqdm_monitors() -> None:
+    """Stop tqdm's monitor threads: any tqdm bar (torch's compiler shows some) leaves one
+    sleeping in the background, which would otherwise rule forking out. tqdm starts a new one
+    with its next bar."""
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "TMonitor" and type(thread).__module__.startswith("tqdm"):
+            thread.exit()
+            cls = getattr(thread, "tqdm_cls", None)
+            if cls is not None and getattr(cls, "monitor", None) is thread:
+                cls.monitor = None
 
 
 def _forked_worker(job: MemberJob, study_name: str, url: str, index: int,
