@@ -219,6 +219,51 @@ def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_pat
     assert "3-fold: OOF accuracy" in output
 
 
+def test_a_killed_launcher_leaves_its_member_to_the_forked_worker_and_a_rerun_reports(
+        tmp_path):
+    recipe = tmp_path / "r.yaml"
+    save_recipe(tiny_digits(epochs=60), recipe)
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "fasttricks.train", str(recipe), "--kfold", "3", "--workers",
+           "2", "--threads", "1", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "launcher.log"  # a file: the forked worker keeps the launcher's stdout
+    launcher = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    kdir = out / "tiny_digits" / "kfold"
+    claimed = None
+    deadline = time.monotonic() + 240
+    while claimed is None and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.3)
+        if not (kdir / JOURNAL_NAME).exists():
+            continue
+        try:
+            running = _study(kdir).get_trials(states=(TrialState.RUNNING,))
+        except (ValueError, KeyError):
+            continue
+        mine = [t for t in running if "worker" in t.user_attrs and _pid(t) == launcher.pid]
+        if mine and len(running) == 2:  # both workers busy: the forked one exists
+            claimed = mine[0]
+    assert claimed is not None, log.read_text()
+    launcher.kill()  # SIGKILL, mid-member: no clean-up of any kind
+    launcher.wait(timeout=60)
+    # the forked worker carries on alone, frees the dead launcher's member and trains it
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and set(_trained_per_member(_study(kdir))) != {0, 1, 2}:
+        time.sleep(0.5)
+    study = _study(kdir)
+    assert study.get_trials(deepcopy=False)[claimed.number].state == TrialState.FAIL, \
+        log.read_text()
+    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
+    assert not (kdir / "result.json").exists()  # the report was the launcher's to write
+    # the same command again trains nothing and writes the report
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert _trained_per_member(_study(kdir)) == {0: 1, 1: 1, 2: 1}
+    result = json.loads((kdir / "result.json").read_text())
+    assert [f["fold"] for f in result["folds"]] == [0, 1, 2]
+    assert "3-fold: OOF accuracy" in rerun.stdout
+
+
 def test_workers_without_kfold_is_a_one_line_error(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     save_recipe(tiny_digits(), recipe)
