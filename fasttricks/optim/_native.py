@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["native_status", "native_update"]
+__all__ = ["native_applies", "native_status", "native_update"]
 
 _log = logging.getLogger(__name__)
 
@@ -233,7 +233,6 @@ def _source() -> str:
 
 _FLAGS = ["-O3", "-fno-math-errno", "-fopenmp-simd", "-fPIC", "-shared", "-pthread", "-std=c11"]
 _ARCH_FLAGS = ["-march=native"]
-_FIELDS = 9  # int64 fields of ft_tensor
 _DTYPES = {torch.float32: 32, torch.float64: 64}
 #: elements per thread below which the step stays in one thread (thread start-up would cost
 #: more than it saves)
@@ -360,6 +359,12 @@ def native_status() -> dict[str, Any]:
     return {"available": available, "path": _state["path"], "reason": _state["reason"]}
 
 
+def native_applies(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernel can take tensors of this device and dtype at all (checked before
+    anything is gathered for it, so GPU and half-precision steps pay nothing for it)."""
+    return device.type == "cpu" and dtype in _DTYPES
+
+
 def _dense(t: Tensor) -> bool:
     """Rows (dim 0) are contiguous blocks: a contiguous or a channels-last tensor."""
     return t.is_contiguous() or (t.ndim == 4 and t.is_contiguous(
@@ -385,7 +390,7 @@ def native_update(
     if not params:
         return True
     dtype = params[0].dtype
-    if dtype not in _DTYPES:
+    if not native_applies(params[0].device, dtype):
         return False
     tensors = list(zip(params, grads, exp_avgs, exp_avg_sqs, slows))
     if not all(_fits(ts, dtype) for ts in tensors):

@@ -43,7 +43,7 @@ from torch import Tensor
 from .._validate import check_range
 from ._compiled import compile_unavailable_reason, compiled_update
 from ._decay import apply_weight_decay, decays
-from ._native import native_update
+from ._native import native_applies, native_update
 
 __all__ = ["Ranger", "RangerAdaBelief"]
 
@@ -296,16 +296,16 @@ class _RangerBase(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for (_, dtype, prev_step), items in self._gather(group).items():
+            for (device, dtype, prev_step), items in self._gather(group).items():
                 step = prev_step + 1
                 rect = _rectification(step, group["betas"][1])
                 sync = step % group["k"] == 0
                 if self.compile and dtype in _FUSED_DTYPES and self._compiled_step(
                         group, items, step, rect, sync):
                     continue  # the compiled update includes the Lookahead sync
-                if group.get("fused") is not False and native_update(
-                        *self._update_args(group, items, step, rect), self.adabelief,
-                        group["maximize"], sync):
+                if group.get("fused") is not False and native_applies(device, dtype) and \
+                        native_update(*self._update_args(group, items, step, rect),
+                                      self.adabelief, group["maximize"], sync):
                     continue  # so does the C kernel's
                 block = self._prepare(group, items)
                 self._eager_update(group, block, step, rect)
