@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -22,8 +21,9 @@ from torch import nn
 
 from fasttricks.ensemble import _parallel
 from fasttricks.ensemble._members import MemberJob, load_or_train
-from fasttricks.ensemble._parallel import JOURNAL_NAME, _member_of, run_workers, start_method
+from fasttricks.ensemble._parallel import _member_of, run_workers, start_method
 from fasttricks.ensemble._store import MemberStore, fingerprint
+from member_journal import member_study, trained_per_member
 
 N_MEMBERS = 4
 
@@ -43,21 +43,6 @@ def _job(folder: Path, train=_member) -> MemberJob:
     job = MemberJob(store=store, names=[f"m_{i}" for i in range(N_MEMBERS)], train=train)
     _BUILT.append(job)
     return job
-
-
-def _study(folder: Path):
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(folder / JOURNAL_NAME)))
-    (summary,) = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage)
-
-
-def _trained(study) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for t in study.get_trials(states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("trained"):
-            counts[_member_of(t)] = counts.get(_member_of(t), 0) + 1
-    return counts
 
 
 @pytest.fixture(autouse=True)
@@ -103,8 +88,8 @@ def test_the_launcher_trains_members_itself_and_forks_the_other_worker(tmp_path,
     pids = {r["pid"] for r in records}
     assert os.getpid() in pids and len(pids) == 2  # this process and one forked worker
     assert {r["threads"] for r in records} == {1}
-    study = _study(job.store.folder)
-    assert _trained(study) == {i: 1 for i in range(N_MEMBERS)}
+    study = member_study(job.store.folder)
+    assert trained_per_member(study) == {i: 1 for i in range(N_MEMBERS)}
     assert {t.user_attrs["worker"].rpartition(":")[2] for t in study.get_trials()} == \
         {str(p) for p in pids}
 
@@ -113,7 +98,7 @@ def test_the_launcher_trains_members_itself_and_forks_the_other_worker(tmp_path,
     run_workers({"kind": "synthetic"}, _job(tmp_path / "par"), workers=2, threads=1,
                 progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
-    assert _trained(_study(job.store.folder)) == {i: 1 for i in range(N_MEMBERS)}
+    assert trained_per_member(member_study(job.store.folder)) == {i: 1 for i in range(N_MEMBERS)}
 
 
 def _dies_once_in_a_worker(marker: Path, launcher: int):
@@ -136,8 +121,8 @@ def test_a_killed_forked_worker_member_is_trained_by_the_launcher(tmp_path, capf
     records = [job.finished(i) for i in range(N_MEMBERS)]
     assert all(r is not None for r in records)
     assert records[killed]["pid"] == os.getpid()  # retried here, the only worker left
-    study = _study(job.store.folder)
-    assert _trained(study) == {i: 1 for i in range(N_MEMBERS)}
+    study = member_study(job.store.folder)
+    assert trained_per_member(study) == {i: 1 for i in range(N_MEMBERS)}
     (failed,) = study.get_trials(states=(TrialState.FAIL,))
     assert _member_of(failed) == killed
     assert not study.get_trials(states=(TrialState.RUNNING,))
@@ -166,7 +151,7 @@ def test_a_member_that_raises_in_the_launcher_fails_its_trial_and_stops_the_work
     stopped = time.time()
     assert busy.exists()
     assert multiprocessing.active_children() == []
-    study = _study(job.store.folder)
+    study = member_study(job.store.folder)
     assert not study.get_trials(states=(TrialState.RUNNING,))
     owners = {t.user_attrs["worker"].rpartition(":")[2]: t.state
               for t in study.get_trials(states=(TrialState.FAIL,))}
@@ -226,12 +211,12 @@ def test_forked_workers_share_a_postgres_study_and_leave_the_launcher_connection
         assert study.get_trials() == []
         run_workers({"kind": "synthetic"}, job, workers=2, threads=1, storage=url,
                     progress=False)
-        assert _trained(study) == {i: 1 for i in range(N_MEMBERS)}
+        assert trained_per_member(study) == {i: 1 for i in range(N_MEMBERS)}
         assert len({job.finished(i)["pid"] for i in range(N_MEMBERS)}) == 2
         assert not study.get_trials(states=(TrialState.RUNNING,))
         run_workers({"kind": "synthetic"}, _job(tmp_path / "par"), workers=2, threads=1,
                     storage=url, progress=False)  # a rerun: nothing left to train
-        assert _trained(study) == {i: 1 for i in range(N_MEMBERS)}
+        assert trained_per_member(study) == {i: 1 for i in range(N_MEMBERS)}
 
         marker = tmp_path / "killed"
         job = _job(tmp_path / "kill", _dies_once_in_a_worker(marker, os.getpid()))
@@ -242,7 +227,7 @@ def test_forked_workers_share_a_postgres_study_and_leave_the_launcher_connection
         assert job.finished(killed)["pid"] == os.getpid()
         study = _parallel.open_study(f"synthetic-{job.store.fingerprint}", job.store.folder,
                                      url, workers=1)
-        assert _trained(study) == {i: 1 for i in range(N_MEMBERS)}
+        assert trained_per_member(study) == {i: 1 for i in range(N_MEMBERS)}
         (failed,) = study.get_trials(states=(TrialState.FAIL,))
         assert _member_of(failed) == killed
         assert failed.user_attrs["worker"] != study.get_trials()[-1].user_attrs["worker"]

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 import torch
@@ -22,6 +21,7 @@ from fasttricks.ensemble import kfold_fit, seed_ensemble, snapshot_ensemble
 from fasttricks.ensemble._parallel import JOURNAL_NAME, _member_of
 from fasttricks.recipes import load_recipe, save_recipe
 from fasttricks.train import main as train_main
+from member_journal import member_study, trained_per_member
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -36,24 +36,29 @@ def tiny_digits(epochs: int = 2):
     })
 
 
-def _study(folder: Path):
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(folder / JOURNAL_NAME)))
-    (summary,) = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage)
-
-
-def _trained_per_member(study) -> dict[int, int]:
-    counts: dict[int, int] = {}
-    for t in study.get_trials(states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("trained"):
-            counts[_member_of(t)] = counts.get(_member_of(t), 0) + 1
-    return counts
-
-
 def _pid(trial) -> int:
     """The pid of the process that claimed ``trial`` (its ``worker`` attribute, host:pid)."""
     return int(trial.user_attrs["worker"].rpartition(":")[2])
+
+
+def _running_trial(kdir: Path, launcher: subprocess.Popen, choose, timeout: float = 240):
+    """The first RUNNING member trial that ``choose(launcher's, other workers')`` picks from
+    the job's journal while ``launcher`` runs (None if none is picked in ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.3)
+        if not (kdir / JOURNAL_NAME).exists():
+            continue
+        try:
+            running = member_study(kdir).get_trials(states=(TrialState.RUNNING,))
+        except (ValueError, KeyError):
+            continue
+        claimed = [t for t in running if "worker" in t.user_attrs]
+        picked = choose([t for t in claimed if _pid(t) == launcher.pid],
+                        [t for t in claimed if _pid(t) != launcher.pid])
+        if picked:
+            return picked[0]
+    return None
 
 
 def _numbers(result_json: Path) -> dict:
@@ -80,8 +85,8 @@ def test_two_workers_give_the_sequential_kfold_results(tmp_path):
     kdir = tmp_path / "par" / "tiny_digits" / "kfold"
     assert _numbers(tmp_path / "seq" / "tiny_digits" / "kfold" / "result.json") == \
         _numbers(kdir / "result.json")
-    study = _study(kdir)
-    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
+    study = member_study(kdir)
+    assert trained_per_member(study) == {0: 1, 1: 1, 2: 1}
     owners = {t.user_attrs["worker"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert len(owners) == 2, owners  # both workers took members
     from fasttricks.tune._workers import worker_id
@@ -93,7 +98,7 @@ def test_two_workers_give_the_sequential_kfold_results(tmp_path):
     again = kfold_fit(tiny_digits(), 3, out_dir=tmp_path / "par", progress=False, workers=2)
     assert all(f.resumed for f in again.folds)
     assert {p: p.stat().st_mtime_ns for p in kdir.glob("fold_*.pt*")} == stamps
-    assert _trained_per_member(_study(kdir)) == {0: 1, 1: 1, 2: 1}
+    assert trained_per_member(member_study(kdir)) == {0: 1, 1: 1, 2: 1}
 
 
 def test_started_workers_give_the_sequential_kfold_results(tmp_path, monkeypatch):
@@ -115,8 +120,8 @@ def test_started_workers_give_the_sequential_kfold_results(tmp_path, monkeypatch
     assert torch.equal(seq.oof_preds, par.oof_preds)
     assert torch.equal(seq.test_preds, par.test_preds)
     assert [f.valid for f in seq.folds] == [f.valid for f in par.folds]
-    study = _study(tmp_path / "par" / "tiny_digits" / "kfold")
-    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1, 3: 1}
+    study = member_study(tmp_path / "par" / "tiny_digits" / "kfold")
+    assert trained_per_member(study) == {0: 1, 1: 1, 2: 1, 3: 1}
     owners = {t.user_attrs["worker"] for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert worker_id() in owners and len(owners) == 2  # this process and the started one
 
@@ -157,8 +162,8 @@ def test_train_seeds_with_two_workers_gives_the_sequential_run_folders(tmp_path,
         json.loads((par / "seeds.json").read_text())
     assert sorted(re.findall(r"worker \d: (seed_\d) trained", out)) == ["seed_0", "seed_1",
                                                                        "seed_2"]
-    study = _study(par)
-    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
+    study = member_study(par)
+    assert trained_per_member(study) == {0: 1, 1: 1, 2: 1}
 
     # a rerun with one seed more trains only that seed, in a worker; the others are kept
     stamps = {p: p.stat().st_mtime_ns for p in par.glob("seed_*/*")}
@@ -181,21 +186,8 @@ def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_pat
          "2", "--threads", "1", "--out", str(out), "--no-progress"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     kdir = out / "tiny_digits" / "kfold"
-    victim = None
-    deadline = time.monotonic() + 240
-    while victim is None and time.monotonic() < deadline and launcher.poll() is None:
-        time.sleep(0.3)
-        if not (kdir / JOURNAL_NAME).exists():
-            continue
-        try:
-            running = _study(kdir).get_trials(states=(TrialState.RUNNING,))
-        except (ValueError, KeyError):
-            continue
-        # the launching process trains members too (worker 0): kill the other worker
-        owned = [t for t in running if "worker" in t.user_attrs
-                 and _pid(t) != launcher.pid]
-        if owned:
-            victim = owned[0]
+    # the launching process trains members too (worker 0): kill the other worker
+    victim = _running_trial(kdir, launcher, lambda mine, others: others)
     assert victim is not None, launcher.communicate()[0]
     time.sleep(0.5)  # mid-member
     pid = _pid(victim)
@@ -204,12 +196,12 @@ def test_a_killed_worker_member_is_retried_and_every_member_trained_once(tmp_pat
     assert launcher.returncode == 0, output
     assert f"pid {pid}) ended with code -9" in output
 
-    study = _study(kdir)
+    study = member_study(kdir)
     member = _member_of(victim)
     killed = study.get_trials(deepcopy=False)[victim.number]
     assert killed.state == TrialState.FAIL
-    assert not (kdir / f"fold_{member}.pt").exists() or _trained_per_member(study)[member] == 1
-    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
+    assert not (kdir / f"fold_{member}.pt").exists() or trained_per_member(study)[member] == 1
+    assert trained_per_member(study) == {0: 1, 1: 1, 2: 1}
     # the killed worker's fold was trained again by the one left, the launching process
     (retried,) = [t for t in study.get_trials(states=(TrialState.COMPLETE,))
                   if _member_of(t) == member and t.user_attrs.get("trained")]
@@ -230,35 +222,24 @@ def test_a_killed_launcher_leaves_its_member_to_the_forked_worker_and_a_rerun_re
     log = tmp_path / "launcher.log"  # a file: the forked worker keeps the launcher's stdout
     launcher = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     kdir = out / "tiny_digits" / "kfold"
-    claimed = None
-    deadline = time.monotonic() + 240
-    while claimed is None and time.monotonic() < deadline and launcher.poll() is None:
-        time.sleep(0.3)
-        if not (kdir / JOURNAL_NAME).exists():
-            continue
-        try:
-            running = _study(kdir).get_trials(states=(TrialState.RUNNING,))
-        except (ValueError, KeyError):
-            continue
-        mine = [t for t in running if "worker" in t.user_attrs and _pid(t) == launcher.pid]
-        if mine and len(running) == 2:  # both workers busy: the forked one exists
-            claimed = mine[0]
+    # the launcher's member, once both workers are busy (the forked one exists)
+    claimed = _running_trial(kdir, launcher, lambda mine, others: mine if others else [])
     assert claimed is not None, log.read_text()
     launcher.kill()  # SIGKILL, mid-member: no clean-up of any kind
     launcher.wait(timeout=60)
     # the forked worker carries on alone, frees the dead launcher's member and trains it
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and set(_trained_per_member(_study(kdir))) != {0, 1, 2}:
+    while time.monotonic() < deadline and set(trained_per_member(member_study(kdir))) != {0, 1, 2}:
         time.sleep(0.5)
-    study = _study(kdir)
+    study = member_study(kdir)
     assert study.get_trials(deepcopy=False)[claimed.number].state == TrialState.FAIL, \
         log.read_text()
-    assert _trained_per_member(study) == {0: 1, 1: 1, 2: 1}
+    assert trained_per_member(study) == {0: 1, 1: 1, 2: 1}
     assert not (kdir / "result.json").exists()  # the report was the launcher's to write
     # the same command again trains nothing and writes the report
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert _trained_per_member(_study(kdir)) == {0: 1, 1: 1, 2: 1}
+    assert trained_per_member(member_study(kdir)) == {0: 1, 1: 1, 2: 1}
     result = json.loads((kdir / "result.json").read_text())
     assert [f["fold"] for f in result["folds"]] == [0, 1, 2]
     assert "3-fold: OOF accuracy" in rerun.stdout
