@@ -64,20 +64,11 @@ def _ceiling_worker(steps: int) -> None:
     import torch
     from torch import nn
 
-    class ConcatPool(nn.Module):
-        def forward(self, x):
-            return torch.cat([x.amax((2, 3)), x.mean((2, 3))], 1)
+    from fasttricks.models import cnn2d
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-
-    def block(c_in: int, c_out: int) -> list:
-        return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True)]
-
-    model = nn.Sequential(*block(1, 32), *block(32, 64), nn.MaxPool2d(2, ceil_mode=True),
-                          *block(64, 128), ConcatPool(), nn.BatchNorm1d(256), nn.Dropout(0.1),
-                          nn.Linear(256, 10))
+    model = cnn2d(1, 10)  # the digits recipe's model: channels (32, 64, 128), dropout 0.1
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     x, y = torch.randn(BS, 1, 8, 8), torch.randint(0, 10, (BS,))
 
