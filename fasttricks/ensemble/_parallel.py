@@ -255,7 +255,8 @@ def start_method(threads: int, gpus: Sequence[str] | None = None,
     safe: on Linux, without GPUs or an initialised CUDA, with no other Python thread running
     (one could hold a lock the child inherits locked), and with one torch thread per worker or
     no native thread pool started in the launcher yet (GNU OpenMP, which torch uses on Linux,
-    hangs a forked child that opens a parallel region after its parent ran one).
+    hangs a forked child that opens a parallel region after its parent ran one). tqdm's idle
+    monitor threads are stopped first rather than counted (tqdm restarts one with its next bar).
     """
     requested = requested or START_METHOD
     if requested not in ("auto", "fork", "spawn"):
