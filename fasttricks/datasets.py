@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fasttricks._cache import cache_dir as _cache_dir
 from fasttricks._io import atomic_path
 from fasttricks._validate import check_choice, check_range
 from fasttricks.registry import Registry
@@ -209,12 +210,6 @@ def digits(valid_pct: float = 0.1, test_pct: float = 0.2, seed: int = 0) -> Data
     tr, va, te = _stratified_three_way(y, valid_pct, test_pct, seed)
     return DataSplits(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]),
                       vocab=[str(i) for i in range(10)], info={"name": "digits"})
-
-
-def _cache_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("fasttricks"))
 
 
 def _mnist1d_arrays() -> dict[str, np.ndarray]:

@@ -17,8 +17,8 @@ work (a chunk, or whole rows) is computed the same way whichever thread takes it
 results do not depend on the number of threads.
 
 Building: the C source below is compiled once per machine with the system C compiler (``$CC``,
-else ``cc``, ``gcc`` or ``clang``; about a second) into a cache folder
-(``$FASTTRICKS_CACHE_DIR``, else ``$XDG_CACHE_HOME/fasttricks``, else ``~/.cache/fasttricks``),
+else ``cc``, ``gcc`` or ``clang``; about a second) into ``kernels/`` of
+fasttricks' cache folder (:func:`fasttricks._cache.cache_dir`, ``~/.cache/fasttricks`` on Linux),
 named by a hash of the source, the flags and the CPU, written under a temporary name and renamed
 into place, so processes that build at the same time never load a half-written library. Where
 no compiler works, or ``FASTTRICKS_NATIVE=0``, the optimizers take torch's fused and foreach
@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from .._cache import cache_dir
 
 __all__ = ["native_applies", "native_status", "native_update"]
 
@@ -248,14 +250,6 @@ _lock = threading.Lock()
 _state: dict[str, Any] = {"lib": None, "reason": None, "tried": False, "path": None}
 
 
-def _cache_dir() -> Path:
-    if os.environ.get("FASTTRICKS_CACHE_DIR"):
-        return Path(os.environ["FASTTRICKS_CACHE_DIR"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "fasttricks"
-    return Path.home() / ".cache" / "fasttricks"
-
-
 def _compiler() -> str | None:
     if os.environ.get("CC"):
         return shutil.which(os.environ["CC"]) or os.environ["CC"]
@@ -286,7 +280,7 @@ def _build(compiler: str) -> Path:
     source = _source()
     key = hashlib.sha256("\0".join([source, " ".join(_FLAGS + _ARCH_FLAGS), compiler,
                                     _cpu_signature()]).encode()).hexdigest()[:16]
-    folders = [_cache_dir(), Path(tempfile.gettempdir()) / f"fasttricks-{os.getuid()}"]
+    folders = [cache_dir(), Path(tempfile.gettempdir()) / f"fasttricks-{os.getuid()}"]
     errors = []
     for folder in folders:
         target = folder / "kernels" / f"ranger_step-{key}.so"
